@@ -1,0 +1,36 @@
+//! The business rules of callmeback, written as plain functions over plain data.
+//!
+//! The Worker (wasm32) and the native db-gateway must agree on these rules exactly. So they live
+//! in one crate that does no I/O, has no async runtime, and never reads the clock or the OS
+//! random source. Time arrives as unix seconds, randomness arrives as bytes. That keeps every
+//! rule unit-testable on the host, and the crate builds unchanged for `wasm32-unknown-unknown`.
+//!
+//! Modules:
+//! - [`tier`]: subscription tiers, their limits (the rule table), credits charged per call, and
+//!   whether a call may start and for how long.
+//! - [`pricing`]: what a call costs from each provider (Twilio, Deepgram, Cerebras, ElevenLabs)
+//!   in exact integer micro-cents ([`Cents`]).
+//! - [`budget`]: per-user spending caps, and whether to carry on, warn or cut off.
+//! - [`validate`]: checks on API input that produce field-level errors ([`FieldErrors`]), plus
+//!   checked newtypes: [`Email`], [`PhoneE164`] (masked when printed), [`Password`], [`Name`].
+//! - [`stripe`]: Stripe webhook signature verification (HMAC-SHA256, in constant time, with
+//!   secret rotation).
+//! - [`ids`]: prefixed ids such as `usr_…`, built from caller-supplied random bytes.
+//!
+//! Every error type has a `code()` that returns a stable snake_case string, meant for API clients.
+
+pub mod budget;
+pub mod ids;
+pub mod pricing;
+pub mod stripe;
+pub mod tier;
+pub mod validate;
+
+pub use budget::{BudgetLimit, BudgetSettings, BudgetStatus};
+pub use ids::{is_valid_id, new_id};
+pub use pricing::{Cents, CostBreakdown, Usage};
+pub use stripe::{StripeSigError, sign_stripe_payload, verify_stripe_signature};
+pub use tier::{CallGrant, CallRefusal, Tier, TierLimits, can_start_call, credits_for_call};
+pub use validate::{
+    Email, FieldError, FieldErrors, Name, Password, PhoneE164, ValidationError, bounded_text,
+};
