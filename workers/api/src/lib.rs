@@ -1,0 +1,47 @@
+//! The callmeback Worker: the HTTP routes the frontend and Twilio call.
+//!
+//! Thin glue over pure crates: business rules live in `callmeback-domain`, request signing in
+//! `callmeback-signing`, the gateway contract in `callmeback-gateway-api`. This crate reads the
+//! request, calls the gateway, and renders JSON.
+//!
+//! Modules:
+//! - [`routes`]: the route table and handlers;
+//! - [`gateway`]: signed, time-bounded calls to db-gateway;
+//! - [`config`]: bindings (vars and secrets);
+//! - [`error`]: the one error type of the HTTP boundary.
+
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod routes;
+
+use worker::{Context, Env, Request, Response, event};
+
+#[event(start)]
+fn start() {
+    console_error_panic_hook::set_once();
+}
+
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+    let request_id = req
+        .headers()
+        .get(callmeback_gateway_api::REQUEST_ID_HEADER)
+        .ok()
+        .flatten()
+        .filter(|id| is_acceptable_request_id(id))
+        .unwrap_or_else(gateway::random_nonce);
+    let response = routes::dispatch(req, env, request_id.clone()).await;
+    let _ = response
+        .headers()
+        .set(callmeback_gateway_api::REQUEST_ID_HEADER, &request_id);
+    Ok(response)
+}
+
+/// A caller-supplied request id is echoed and logged, so it must be short and plain.
+fn is_acceptable_request_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}

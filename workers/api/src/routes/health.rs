@@ -1,0 +1,66 @@
+//! `GET /health`: is the Worker able to do its job right now?
+//!
+//! It makes one signed `system.ping` call through the gateway, which runs a trivial query, so a
+//! 200 proves the whole path: Worker → signature → gateway → pool → Postgres. Either hop failing
+//! gives a 503 that names the dependency (`gateway` or `database`), within the gateway timeout.
+
+use callmeback_gateway_api::{OpCall, codes};
+use serde_json::json;
+use worker::Response;
+
+use crate::error::ApiError;
+use crate::gateway::{Gateway, GatewayError};
+
+pub(super) async fn health(gateway: &Gateway) -> Result<Response, ApiError> {
+    let started = js_sys::Date::now();
+    let result = gateway.call(&OpCall::new("system.ping")).await;
+    let latency_ms = (js_sys::Date::now() - started).round() as u64;
+    match result {
+        Ok(ping) => {
+            let row = ping.first().cloned().unwrap_or_default();
+            Ok(Response::from_json(&json!({
+                "status": "ok",
+                "gateway": {"status": "ok", "latency_ms": latency_ms},
+                "database": {
+                    "status": "ok",
+                    "version": row.get("version"),
+                    "time": row.get("db_time"),
+                },
+            }))?)
+        }
+        Err(GatewayError::Rejected { code, .. })
+            if code == codes::DATABASE_UNAVAILABLE
+                || code == codes::OVERLOADED
+                || code == codes::TIMEOUT =>
+        {
+            Err(
+                ApiError::dependency_unavailable("database", "the database is not answering")
+                    .with_extra("gateway", json!({"status": "ok"})),
+            )
+        }
+        Err(GatewayError::Rejected { status, code, .. }) => {
+            // 401/403 here means the Worker's key is wrong or revoked: the gateway is up but refuses us.
+            worker::console_error!("health: gateway refused system.ping: {status} {code}");
+            Err(ApiError::dependency_unavailable(
+                "gateway",
+                "db-gateway refused the Worker's request",
+            ))
+        }
+        Err(GatewayError::Unreachable(reason)) => {
+            worker::console_error!("health: gateway unreachable: {reason}");
+            Err(ApiError::dependency_unavailable(
+                "gateway",
+                "db-gateway is unreachable",
+            ))
+        }
+        Err(GatewayError::BadResponse(status)) => {
+            worker::console_error!(
+                "health: gateway answered outside the contract with status {status}"
+            );
+            Err(ApiError::dependency_unavailable(
+                "gateway",
+                "db-gateway answered unexpectedly",
+            ))
+        }
+    }
+}

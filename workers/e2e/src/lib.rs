@@ -1,0 +1,388 @@
+//! Harness for end-to-end tests: starts the real stack on free ports, one stack per test.
+//!
+//! A [`Stack`] is a fresh Postgres database (on the cluster named by `TEST_DATABASE_URL`), a
+//! `db-gateway` process that applies the migrations to it, and the Worker served by `wrangler dev`
+//! (workerd) that reaches that gateway with a freshly generated signing key. Everything is torn
+//! down when the `Stack` is dropped.
+//!
+//! `scripts/test` builds the pieces first and sets the environment:
+//! - `TEST_DATABASE_URL`: admin URL of a throwaway cluster;
+//! - `CALLMEBACK_GATEWAY_BIN`: the built `db-gateway` binary;
+//! - `CALLMEBACK_WORKER_MAIN`: the built Worker entry (`workers/api/build/index.js`).
+//!
+//! Missing environment is a failure with a clear message, never a silent skip.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use rand::Rng;
+
+/// The repository root (this crate lives in `workers/e2e`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root exists")
+}
+
+fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the end-to-end tests through scripts/test, which builds and starts what they need")
+    })
+}
+
+/// A free loopback port (the kernel picks it; released just before use).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
+/// One running stack. Dropping it stops the processes and drops the database.
+#[derive(Debug)]
+pub struct Stack {
+    pub worker_url: String,
+    pub gateway_url: String,
+    pub gateway_admin_url: String,
+    pub database_url: String,
+    pub key_id: String,
+    pub key_secret: Vec<u8>,
+    admin_database_url: String,
+    database_name: String,
+    gateway: Option<Child>,
+    worker: Option<Child>,
+    dir: PathBuf,
+    pub http: reqwest::Client,
+}
+
+impl Stack {
+    /// Starts Postgres database + gateway + Worker and waits until the Worker answers.
+    pub async fn start() -> Stack {
+        let admin_database_url = required_env("TEST_DATABASE_URL");
+        let gateway_bin = required_env("CALLMEBACK_GATEWAY_BIN");
+        let worker_main = required_env("CALLMEBACK_WORKER_MAIN");
+        assert!(
+            Path::new(&worker_main).exists(),
+            "{worker_main} does not exist: build the Worker (scripts/build-worker)"
+        );
+
+        let suffix: u64 = rand::rng().random();
+        let database_name = format!("e2e_{suffix:016x}");
+        let dir = std::env::temp_dir().join(format!("callmeback-{database_name}"));
+        std::fs::create_dir_all(&dir).expect("create the test's temp dir");
+        create_database(&admin_database_url, &database_name).await;
+        let database_url = replace_database(&admin_database_url, &database_name);
+
+        let key_id = "worker-e2e".to_owned();
+        let key_secret: Vec<u8> = (0..32).map(|_| rand::rng().random()).collect();
+        let secret_b64 = base64::engine::general_purpose::STANDARD.encode(&key_secret);
+        let keys_file = dir.join("gateway-keys.json");
+        std::fs::write(
+            &keys_file,
+            format!(
+                r#"{{"keys":[{{"id":"{key_id}","secret_b64":"{secret_b64}","scopes":["*"]}}]}}"#
+            ),
+        )
+        .expect("write keys file");
+
+        let (gateway, api_addr, admin_addr) =
+            spawn_gateway(&gateway_bin, &database_url, &keys_file, &dir);
+        let gateway_url = format!("http://{api_addr}");
+        let gateway_admin_url = format!("http://{admin_addr}");
+
+        let worker_port = free_port();
+        let worker_url = format!("http://127.0.0.1:{worker_port}");
+        let worker = spawn_worker(
+            &worker_main,
+            worker_port,
+            &gateway_url,
+            &key_id,
+            &secret_b64,
+            &dir,
+        );
+
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("http client");
+        let mut stack = Stack {
+            worker_url,
+            gateway_url,
+            gateway_admin_url,
+            database_url,
+            key_id,
+            key_secret,
+            admin_database_url,
+            database_name,
+            gateway: Some(gateway),
+            worker: Some(worker),
+            dir,
+            http,
+        };
+        stack.wait_for_worker().await;
+        stack
+    }
+
+    async fn wait_for_worker(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(worker) = self.worker.as_mut()
+                && let Ok(Some(status)) = worker.try_wait()
+            {
+                panic!(
+                    "wrangler dev exited with {status}; log:\n{}",
+                    self.worker_log()
+                );
+            }
+            let probe = self
+                .http
+                .get(format!("{}/health", self.worker_url))
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await;
+            if probe.is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Worker did not answer within 120 s; log:\n{}",
+                self.worker_log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The Worker's (wrangler's) output so far, for failure messages.
+    pub fn worker_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("worker.log")).unwrap_or_default()
+    }
+
+    /// The gateway's output so far.
+    pub fn gateway_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default()
+    }
+
+    /// Stops the gateway (to test how the Worker behaves without it).
+    pub fn stop_gateway(&mut self) {
+        if let Some(child) = self.gateway.take() {
+            stop_group(child);
+        }
+    }
+
+    /// `GET` a Worker path.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.worker_url))
+            .send()
+            .await
+            .expect("request reaches the Worker")
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Some(child) = self.worker.take() {
+            stop_group(child);
+        }
+        self.stop_gateway();
+        let admin = self.admin_database_url.clone();
+        let name = self.database_name.clone();
+        // Dropping the database is best effort: the cluster is thrown away after the run anyway.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(runtime) = runtime {
+                runtime.block_on(async {
+                    if let Ok((client, conn)) =
+                        tokio_postgres::connect(&admin, tokio_postgres::NoTls).await
+                    {
+                        tokio::spawn(conn);
+                        let _ = client
+                            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                            .await;
+                    }
+                });
+            }
+        })
+        .join();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn create_database(admin_url: &str, name: &str) {
+    let (client, conn) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to TEST_DATABASE_URL: {e}"));
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create the test database");
+}
+
+/// The same URL with another database name (last path segment).
+fn replace_database(url: &str, name: &str) -> String {
+    let (base, _) = url
+        .rsplit_once('/')
+        .expect("TEST_DATABASE_URL has a database path");
+    format!("{base}/{name}")
+}
+
+fn spawn_gateway(
+    bin: &str,
+    database_url: &str,
+    keys_file: &Path,
+    dir: &Path,
+) -> (Child, String, String) {
+    let log = std::fs::File::create(dir.join("gateway.log")).expect("gateway log file");
+    let mut child = Command::new(bin)
+        .arg("serve")
+        .env("DATABASE_URL", database_url)
+        .env("GATEWAY_LISTEN", "127.0.0.1:0")
+        .env("GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("GATEWAY_KEYS_FILE", keys_file)
+        .env("GATEWAY_MIGRATIONS_DIR", repo_root().join("migrations"))
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("db-gateway listening ") {
+                let mut api = String::new();
+                let mut admin = String::new();
+                for part in rest.split_whitespace() {
+                    if let Some(v) = part.strip_prefix("api=") {
+                        api = v.to_owned();
+                    } else if let Some(v) = part.strip_prefix("admin=") {
+                        admin = v.to_owned();
+                    }
+                }
+                let _ = tx.send((api, admin));
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok((api, admin)) => (child, api, admin),
+        Err(_) => {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(dir.join("gateway.log")).unwrap_or_default();
+            panic!("db-gateway did not report its addresses within 60 s; log:\n{log}");
+        }
+    }
+}
+
+fn spawn_worker(
+    main: &str,
+    port: u16,
+    gateway_url: &str,
+    key_id: &str,
+    secret_b64: &str,
+    dir: &Path,
+) -> Child {
+    let config = test_wrangler_config(
+        &std::fs::read_to_string(repo_root().join("wrangler.toml")).expect("read wrangler.toml"),
+        main,
+    );
+    std::fs::write(dir.join("wrangler.toml"), config).expect("write test wrangler config");
+    std::fs::write(
+        dir.join("worker.env"),
+        format!(
+            "GATEWAY_URL={gateway_url}\nGATEWAY_KEY_ID={key_id}\nGATEWAY_KEY_SECRET={secret_b64}\n"
+        ),
+    )
+    .expect("write worker env file");
+    let log = std::fs::File::create(dir.join("worker.log")).expect("worker log file");
+    let log_err = log.try_clone().expect("clone log handle");
+    Command::new(repo_root().join("node_modules/.bin/wrangler"))
+        .current_dir(dir)
+        .args(["dev", "-c", "wrangler.toml", "--ip", "127.0.0.1", "--port"])
+        .arg(port.to_string())
+        .args(["--inspector-port"])
+        .arg(free_port().to_string())
+        .args([
+            "--persist-to",
+            "state",
+            "--env-file",
+            "worker.env",
+            "--show-interactive-dev-session=false",
+        ])
+        .env("WRANGLER_SEND_METRICS", "false")
+        .env("CI", "true")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .process_group(0)
+        .spawn()
+        .expect("start wrangler dev (run scripts/bootstrap for node_modules)")
+}
+
+/// The project's wrangler.toml, minus its build step (the tests run a prebuilt Worker), with
+/// `main` pointing at the built entry.
+pub fn test_wrangler_config(original: &str, main: &str) -> String {
+    let mut out = String::new();
+    let mut in_build = false;
+    for line in original.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('[') {
+            in_build = trimmed == "[build]";
+        }
+        if in_build {
+            continue;
+        }
+        if trimmed.starts_with("main =") {
+            out.push_str(&format!("main = {main:?}\n"));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Stops a child and everything it started (it leads its own process group).
+fn stop_group(mut child: Child) {
+    let group = format!("-{}", child.id());
+    let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+    let _ = child.wait();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_config_drops_build_and_repoints_main() {
+        let original = "name = \"x\"\nmain = \"a/b.js\"\n[build]\ncommand = \"make\"\nwatch_dir = [\"a\"]\n[vars]\nA = \"1\"\n";
+        let config = test_wrangler_config(original, "/abs/index.js");
+        assert!(!config.contains("[build]") && !config.contains("command"));
+        assert!(config.contains("main = \"/abs/index.js\""));
+        assert!(config.contains("[vars]\nA = \"1\""));
+    }
+
+    #[test]
+    fn database_is_replaced_in_url() {
+        assert_eq!(
+            replace_database("postgres://u@h:1/postgres", "e2e_1"),
+            "postgres://u@h:1/e2e_1"
+        );
+    }
+}
