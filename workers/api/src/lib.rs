@@ -7,12 +7,14 @@
 //! Modules:
 //! - [`routes`]: the route table and handlers;
 //! - [`gateway`]: signed, time-bounded calls to db-gateway;
+//! - [`rate_limiter`]: the `RateLimiter` Durable Object (login attempt limits);
 //! - [`config`]: bindings (vars and secrets);
 //! - [`error`]: the one error type of the HTTP boundary.
 
 pub mod config;
 pub mod error;
 pub mod gateway;
+pub mod rate_limiter;
 pub mod routes;
 
 use worker::{Context, Env, Request, Response, event};

@@ -15,6 +15,8 @@
 //!   checked newtypes: [`Email`], [`PhoneE164`] (masked when printed), [`Password`], [`Name`].
 //! - [`stripe`]: Stripe webhook signature verification (HMAC-SHA256, in constant time, with
 //!   secret rotation).
+//! - [`ratelimit`]: sliding-window rate limits (login attempts), the logic behind the
+//!   `RateLimiter` Durable Object.
 //! - [`ids`]: prefixed ids such as `usr_…`, built from caller-supplied random bytes.
 //!
 //! Every error type has a `code()` that returns a stable snake_case string, meant for API clients.
@@ -22,6 +24,7 @@
 pub mod budget;
 pub mod ids;
 pub mod pricing;
+pub mod ratelimit;
 pub mod stripe;
 pub mod tier;
 pub mod validate;
@@ -29,6 +32,7 @@ pub mod validate;
 pub use budget::{BudgetLimit, BudgetSettings, BudgetStatus};
 pub use ids::{is_valid_id, new_id};
 pub use pricing::{Cents, CostBreakdown, Usage};
+pub use ratelimit::{Decision, RateLimitPolicy, SlidingWindowLog};
 pub use stripe::{StripeSigError, sign_stripe_payload, verify_stripe_signature};
 pub use tier::{CallGrant, CallRefusal, Tier, TierLimits, can_start_call, credits_for_call};
 pub use validate::{
