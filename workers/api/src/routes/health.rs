@@ -23,7 +23,7 @@ pub(super) async fn health(gateway: &Gateway) -> Result<Response, ApiError> {
                 "gateway": {"status": "ok", "latency_ms": latency_ms},
                 "database": {
                     "status": "ok",
-                    "version": row.get("version"),
+                    "version": row.get("server_version"),
                     "time": row.get("db_time"),
                 },
             }))?)
