@@ -1,0 +1,308 @@
+//! Running registry operations on pooled connections.
+//!
+//! Cost model of the hot path (a single read with the default timeout): one pool checkout, a
+//! prepared-statement cache hit (each pooled connection prepares a statement once), and one
+//! Bind/Execute round trip. The default `statement_timeout` is a connection startup parameter,
+//! so it costs nothing per request; only operations that override it, and batches, pay for a
+//! transaction.
+//!
+//! Connections are recycled with deadpool's `Fast` method (no health query per checkout): a
+//! broken connection shows up as `is_closed()` and is dropped by the pool. A request abandoned
+//! mid-transaction (client went away) drops its `Transaction`, which queues a `ROLLBACK` before
+//! the connection can be reused.
+
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use serde::ser::{SerializeMap as _, SerializeStruct as _};
+use serde::{Serialize, Serializer};
+use serde_json::Value;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row, Statement};
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::ops::encode::ColumnCodec;
+use crate::ops::params::BoundParam;
+use crate::ops::{DEFAULT_STATEMENT_TIMEOUT_MS, Expect, Mode, OpDef};
+
+/// A transaction left open this long (a stuck client of ours) is ended by Postgres.
+const IDLE_IN_TRANSACTION_TIMEOUT_MS: u32 = 30_000;
+/// Connecting to a local Postgres takes milliseconds; longer means it is down.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The connection pool, with the session defaults every connection starts with.
+pub fn build_pool(config: &Config) -> Result<Pool, deadpool_postgres::BuildError> {
+    let mut database = config.database.clone();
+    let mut options = database.get_options().unwrap_or_default().to_owned();
+    options.push_str(&format!(
+        " -c statement_timeout={DEFAULT_STATEMENT_TIMEOUT_MS} -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}"
+    ));
+    database.options(options.trim_start());
+    if database.get_application_name().is_none() {
+        database.application_name("db-gateway");
+    }
+    if database.get_connect_timeout().is_none() {
+        database.connect_timeout(CONNECT_TIMEOUT);
+    }
+    let manager = Manager::from_config(
+        database,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(config.pool_size)
+        // Load shedding: beyond this wait the request is answered 503 instead of queueing.
+        .wait_timeout(Some(config.pool_wait))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .recycle_timeout(Some(CONNECT_TIMEOUT))
+        .runtime(Runtime::Tokio1)
+        .build()
+}
+
+/// A checked-out connection, or a load-shedding / unavailability error.
+pub(crate) async fn checkout(pool: &Pool) -> Result<deadpool_postgres::Client, ApiError> {
+    let started = Instant::now();
+    pool.get()
+        .await
+        .map_err(|error| ApiError::from_pool(&error, started.elapsed()))
+}
+
+/// What one operation produced. Serialises exactly like `callmeback_gateway_api::OpResult`
+/// (`{"rows":[{column: value}], "row_count": n}`) without building a map per row.
+#[derive(Debug)]
+pub(crate) struct OpOutput {
+    statement: Option<Statement>,
+    rows: Vec<Vec<Value>>,
+    row_count: u64,
+}
+
+impl Serialize for OpOutput {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut result = serializer.serialize_struct("OpResult", 2)?;
+        result.serialize_field("rows", &RowsAsObjects(self))?;
+        result.serialize_field("row_count", &self.row_count)?;
+        result.end()
+    }
+}
+
+struct RowsAsObjects<'a>(&'a OpOutput);
+
+impl Serialize for RowsAsObjects<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let columns = self
+            .0
+            .statement
+            .as_ref()
+            .map(Statement::columns)
+            .unwrap_or_default();
+        serializer.collect_seq(
+            self.0
+                .rows
+                .iter()
+                .map(|values| RowObject { columns, values }),
+        )
+    }
+}
+
+struct RowObject<'a> {
+    columns: &'a [tokio_postgres::Column],
+    values: &'a [Value],
+}
+
+impl Serialize for RowObject<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut object = serializer.serialize_map(Some(self.values.len()))?;
+        for (column, value) in self.columns.iter().zip(self.values) {
+            object.serialize_entry(column.name(), value)?;
+        }
+        object.end()
+    }
+}
+
+/// `{"results":[…]}`, like `callmeback_gateway_api::BatchResponse`.
+#[derive(Debug, Serialize)]
+pub(crate) struct BatchOutput {
+    pub(crate) results: Vec<OpOutput>,
+}
+
+/// A plain connection or an open transaction; both prepare through the per-connection cache.
+enum Conn<'c, 't> {
+    Plain(&'c deadpool_postgres::Client),
+    Tx(&'c deadpool_postgres::Transaction<'t>),
+}
+
+impl Conn<'_, '_> {
+    async fn prepare_cached(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        match self {
+            Conn::Plain(client) => client.prepare_cached(sql).await,
+            Conn::Tx(transaction) => transaction.prepare_cached(sql).await,
+        }
+    }
+
+    async fn query(
+        &self,
+        statement: &Statement,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        match self {
+            Conn::Plain(client) => client.query(statement, params).await,
+            Conn::Tx(transaction) => transaction.query(statement, params).await,
+        }
+    }
+
+    async fn execute(
+        &self,
+        statement: &Statement,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        match self {
+            Conn::Plain(client) => client.execute(statement, params).await,
+            Conn::Tx(transaction) => transaction.execute(statement, params).await,
+        }
+    }
+}
+
+/// Runs one operation. Only an operation with its own statement timeout pays for a
+/// transaction (`SET LOCAL` needs one).
+pub(crate) async fn run_single(
+    pool: &Pool,
+    op: &'static OpDef,
+    params: &[BoundParam<'_>],
+) -> Result<OpOutput, ApiError> {
+    let mut client = checkout(pool).await?;
+    if op.statement_timeout_ms == DEFAULT_STATEMENT_TIMEOUT_MS {
+        return run_op(&Conn::Plain(&client), op, params).await;
+    }
+    let transaction = client
+        .build_transaction()
+        .read_only(op.mode == Mode::Read)
+        .start()
+        .await
+        .map_err(|error| ApiError::from_postgres(&error, op.name))?;
+    set_local_timeout(&transaction, op).await?;
+    let output = run_op(&Conn::Tx(&transaction), op, params).await?;
+    transaction
+        .commit()
+        .await
+        .map_err(|error| ApiError::from_postgres(&error, op.name))?;
+    Ok(output)
+}
+
+/// Runs every operation in order in one transaction; the first failure rolls everything back
+/// and carries its index. A batch of reads only runs `READ ONLY`.
+pub(crate) async fn run_batch(
+    pool: &Pool,
+    calls: &[(&'static OpDef, Vec<BoundParam<'_>>)],
+) -> Result<BatchOutput, ApiError> {
+    let mut client = checkout(pool).await?;
+    let read_only = calls.iter().all(|(op, _)| op.mode == Mode::Read);
+    let transaction = client
+        .build_transaction()
+        .read_only(read_only)
+        .start()
+        .await
+        .map_err(|error| ApiError::from_postgres(&error, "batch"))?;
+    let mut results = Vec::with_capacity(calls.len());
+    let mut timeout_ms = DEFAULT_STATEMENT_TIMEOUT_MS;
+    for (index, (op, params)) in calls.iter().enumerate() {
+        if op.statement_timeout_ms != timeout_ms {
+            set_local_timeout(&transaction, op)
+                .await
+                .map_err(|error| error.at(index))?;
+            timeout_ms = op.statement_timeout_ms;
+        }
+        // An early return drops `transaction`, which rolls it back.
+        let output = run_op(&Conn::Tx(&transaction), op, params)
+            .await
+            .map_err(|error| error.at(index))?;
+        results.push(output);
+    }
+    transaction
+        .commit()
+        .await
+        .map_err(|error| ApiError::from_postgres(&error, "batch"))?;
+    Ok(BatchOutput { results })
+}
+
+async fn set_local_timeout(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    op: &OpDef,
+) -> Result<(), ApiError> {
+    // The value is a `u32` from a static definition, never request data.
+    transaction
+        .batch_execute(&format!(
+            "SET LOCAL statement_timeout = {}",
+            op.statement_timeout_ms
+        ))
+        .await
+        .map_err(|error| ApiError::from_postgres(&error, op.name))
+}
+
+async fn run_op(
+    conn: &Conn<'_, '_>,
+    op: &'static OpDef,
+    params: &[BoundParam<'_>],
+) -> Result<OpOutput, ApiError> {
+    let pg_error = |error: tokio_postgres::Error| ApiError::from_postgres(&error, op.name);
+    let statement = conn.prepare_cached(op.sql).await.map_err(pg_error)?;
+    let params: Vec<&(dyn ToSql + Sync)> = params
+        .iter()
+        .map(|param| param as &(dyn ToSql + Sync))
+        .collect();
+
+    let output = if statement.columns().is_empty() {
+        let affected = conn.execute(&statement, &params).await.map_err(pg_error)?;
+        OpOutput {
+            statement: None,
+            rows: Vec::new(),
+            row_count: affected,
+        }
+    } else {
+        let rows = conn.query(&statement, &params).await.map_err(pg_error)?;
+        let codecs = statement
+            .columns()
+            .iter()
+            .map(|column| {
+                ColumnCodec::for_type(column.type_()).ok_or_else(|| {
+                    ApiError::Internal(format!(
+                        "operation `{}` column `{}` has unsupported type {}",
+                        op.name,
+                        column.name(),
+                        column.type_()
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let decoded = rows
+            .iter()
+            .map(|row| {
+                codecs
+                    .iter()
+                    .enumerate()
+                    .map(|(index, codec)| codec.decode(row, index))
+                    .collect()
+            })
+            .collect::<Result<Vec<Vec<Value>>, _>>()
+            .map_err(|error| {
+                ApiError::Internal(format!(
+                    "operation `{}` returned an undecodable value: {error}",
+                    op.name
+                ))
+            })?;
+        OpOutput {
+            row_count: decoded.len() as u64,
+            statement: Some(statement),
+            rows: decoded,
+        }
+    };
+
+    match op.expect {
+        Expect::One { message } if output.row_count == 0 => {
+            Err(ApiError::PreconditionFailed(message))
+        }
+        _ => Ok(output),
+    }
+}

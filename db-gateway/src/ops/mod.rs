@@ -1,0 +1,442 @@
+//! The operation registry: the only SQL the gateway will ever run.
+//!
+//! Clients never send SQL. They name an operation (`users.get_by_email`) and pass named
+//! parameters; the gateway looks the name up here, checks every parameter against the declared
+//! type, and binds it positionally to a fixed statement. Splicing a value into SQL text is
+//! impossible by construction: an [`OpDef`] holds `&'static str` SQL and nothing else.
+//!
+//! # Adding an operation
+//! Add one static entry to a domain module's `OPS` slice (e.g. `ops/credits.rs`):
+//!
+//! ```
+//! use db_gateway::ops::{DEFAULT_STATEMENT_TIMEOUT_MS, Expect, Mode, OpDef, Param, ParamType};
+//!
+//! pub static OPS: &[OpDef] = &[OpDef {
+//!     name: "credits.debit",
+//!     sql: "UPDATE credit_balances SET balance = balance - $2::text::numeric \
+//!           WHERE user_id = $1 AND balance >= $2::text::numeric RETURNING balance",
+//!     params: &[
+//!         Param::required("user_id", ParamType::Text),
+//!         Param::required("amount", ParamType::Numeric),
+//!     ],
+//!     mode: Mode::Write,
+//!     expect: Expect::One { message: "insufficient credits" },
+//!     statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
+//! }];
+//! ```
+//!
+//! A new domain module is one `mod` line below plus one `.with(…)` line in
+//! [`Registry::production`]. At startup every operation is prepared against the migrated schema
+//! ([`Registry::verify`]), so a typo in SQL, a parameter whose declared type disagrees with the
+//! statement, or a result column the wire format cannot carry stops the gateway before it serves.
+//!
+//! The operation's name is also its scope: a key with scope `credits.*` may call it.
+
+pub mod bench;
+pub(crate) mod encode;
+pub(crate) mod params;
+pub mod system;
+
+use std::collections::HashMap;
+use std::fmt;
+
+use tokio_postgres::types::Type;
+
+/// Statement timeout every pooled connection starts with (set as a startup parameter, so it
+/// costs no round trip). Operations declaring a different value pay for a transaction with
+/// `SET LOCAL statement_timeout`.
+pub const DEFAULT_STATEMENT_TIMEOUT_MS: u32 = 5_000;
+
+/// How a JSON parameter is checked and bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamType {
+    /// JSON string, bound as `text`.
+    Text,
+    /// JSON integer within `i32`, bound as `int4`.
+    Int4,
+    /// JSON integer or a string of decimal digits (64-bit values cannot cross JavaScript numbers
+    /// safely), bound as `int8`.
+    Int8,
+    /// A plain decimal string (`"-12.50"`), bound as `text`; the SQL casts it with
+    /// `$n::text::numeric` so no float ever touches the value.
+    Numeric,
+    /// JSON boolean, bound as `bool`.
+    Bool,
+    /// RFC 3339 string with an offset, bound as `timestamptz`.
+    Timestamptz,
+    /// Any JSON value, bound as `jsonb`.
+    Jsonb,
+    /// JSON array of strings (or nulls), bound as `text[]`.
+    TextArray,
+}
+
+impl ParamType {
+    /// The Postgres type the statement must infer for this parameter.
+    pub(crate) fn pg_type(self) -> Type {
+        match self {
+            ParamType::Text | ParamType::Numeric => Type::TEXT,
+            ParamType::Int4 => Type::INT4,
+            ParamType::Int8 => Type::INT8,
+            ParamType::Bool => Type::BOOL,
+            ParamType::Timestamptz => Type::TIMESTAMPTZ,
+            ParamType::Jsonb => Type::JSONB,
+            ParamType::TextArray => Type::TEXT_ARRAY,
+        }
+    }
+
+    /// Words used in `invalid_params` messages.
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            ParamType::Text => "a string",
+            ParamType::Int4 => "a 32-bit integer",
+            ParamType::Int8 => "a 64-bit integer (number or digit string)",
+            ParamType::Numeric => "a plain decimal string such as \"12.50\"",
+            ParamType::Bool => "a boolean",
+            ParamType::Timestamptz => "an RFC 3339 timestamp string with offset",
+            ParamType::Jsonb => "a JSON value",
+            ParamType::TextArray => "an array of strings",
+        }
+    }
+}
+
+/// One declared parameter; its position in [`OpDef::params`] is its `$n` in the SQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Param {
+    pub name: &'static str,
+    pub ty: ParamType,
+    /// Required parameters must be present and non-null; optional ones bind SQL `NULL` when
+    /// absent or `null`.
+    pub required: bool,
+}
+
+impl Param {
+    pub const fn required(name: &'static str, ty: ParamType) -> Self {
+        Self {
+            name,
+            ty,
+            required: true,
+        }
+    }
+
+    pub const fn optional(name: &'static str, ty: ParamType) -> Self {
+        Self {
+            name,
+            ty,
+            required: false,
+        }
+    }
+}
+
+/// Whether an operation changes data. Batches made only of reads run `READ ONLY`, so a
+/// mislabelled write fails loudly instead of slipping through a reporting key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Read,
+    Write,
+}
+
+/// What the operation promises about its row count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Zero or more rows are all fine.
+    Any,
+    /// Zero rows means a business precondition failed (`precondition_failed`, HTTP 409) with
+    /// this message, e.g. "insufficient credits". Write such SQL so that "no row returned" also
+    /// means "nothing changed" (`UPDATE … WHERE balance >= $2 RETURNING …`).
+    One { message: &'static str },
+}
+
+/// A named, parameterised statement. Its scope is its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpDef {
+    /// `domain.action`, lower case; also the scope a key needs.
+    pub name: &'static str,
+    pub sql: &'static str,
+    pub params: &'static [Param],
+    pub mode: Mode,
+    pub expect: Expect,
+    /// Per-statement budget; use [`DEFAULT_STATEMENT_TIMEOUT_MS`] unless the operation is known
+    /// to need more (or deserves less).
+    pub statement_timeout_ms: u32,
+}
+
+/// Why a registry could not be built or does not match the database.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("operation `{0}` is registered twice")]
+    Duplicate(&'static str),
+    #[error("operation name `{0}` must look like `domain.action` (lower case, digits, `_`)")]
+    BadName(&'static str),
+    #[error("operation `{op}` declares parameter `{param}` twice")]
+    DuplicateParam {
+        op: &'static str,
+        param: &'static str,
+    },
+    #[error("operation `{op}` does not prepare against the database: {reason}")]
+    Prepare { op: &'static str, reason: String },
+    #[error("operation `{op}` declares {declared} parameters but its SQL uses {actual}")]
+    ParamCount {
+        op: &'static str,
+        declared: usize,
+        actual: usize,
+    },
+    #[error(
+        "operation `{op}` parameter `{param}` is declared {declared:?} (binds as {expected}) but the SQL infers {actual}"
+    )]
+    ParamType {
+        op: &'static str,
+        param: &'static str,
+        declared: ParamType,
+        expected: Type,
+        actual: Type,
+    },
+    #[error(
+        "operation `{op}` returns column `{column}` of type {ty}, which the wire format cannot carry (cast it)"
+    )]
+    ColumnType {
+        op: &'static str,
+        column: String,
+        ty: Type,
+    },
+    #[error("operation `{op}` returns column `{column}` twice")]
+    DuplicateColumn { op: &'static str, column: String },
+}
+
+/// All operations the gateway serves, by name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    ops: HashMap<&'static str, &'static OpDef>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<_> = self.ops.keys().collect();
+        names.sort();
+        f.debug_struct("Registry").field("ops", &names).finish()
+    }
+}
+
+impl Registry {
+    /// An empty registry; add groups with [`Registry::with`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Everything production serves. `bench_ops` adds the benchmark-only statements
+    /// (`GATEWAY_BENCH_OPS=1`).
+    pub fn production(bench_ops: bool) -> Result<Self, RegistryError> {
+        let registry = Self::new().with(system::OPS)?;
+        if bench_ops {
+            registry.with(bench::OPS)
+        } else {
+            Ok(registry)
+        }
+    }
+
+    /// Adds a group of operations (one domain module's `OPS`).
+    pub fn with(mut self, ops: &'static [OpDef]) -> Result<Self, RegistryError> {
+        for op in ops {
+            validate_definition(op)?;
+            if self.ops.insert(op.name, op).is_some() {
+                return Err(RegistryError::Duplicate(op.name));
+            }
+        }
+        Ok(self)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&'static OpDef> {
+        self.ops.get(name).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Operations in name order.
+    pub fn iter(&self) -> impl Iterator<Item = &'static OpDef> + '_ {
+        let mut ops: Vec<_> = self.ops.values().copied().collect();
+        ops.sort_by_key(|op| op.name);
+        ops.into_iter()
+    }
+
+    /// Prepares every operation accepted by `include` and checks that the declared parameter
+    /// types match what Postgres infers and that every result column is encodable. Run once at
+    /// startup against the migrated schema; the statements are not cached (pooled connections
+    /// prepare their own on first use).
+    pub async fn verify(
+        &self,
+        client: &tokio_postgres::Client,
+        include: impl Fn(&OpDef) -> bool,
+    ) -> Result<(), RegistryError> {
+        for op in self.iter().filter(|op| include(op)) {
+            let statement =
+                client
+                    .prepare(op.sql)
+                    .await
+                    .map_err(|error| RegistryError::Prepare {
+                        op: op.name,
+                        reason: describe_prepare_error(&error),
+                    })?;
+            check_statement_shape(op, &statement)?;
+        }
+        Ok(())
+    }
+}
+
+fn describe_prepare_error(error: &tokio_postgres::Error) -> String {
+    // Our own SQL, so the server's message is safe to show (it never contains request values).
+    match error.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => error.to_string(),
+    }
+}
+
+fn check_statement_shape(
+    op: &'static OpDef,
+    statement: &tokio_postgres::Statement,
+) -> Result<(), RegistryError> {
+    if statement.params().len() != op.params.len() {
+        return Err(RegistryError::ParamCount {
+            op: op.name,
+            declared: op.params.len(),
+            actual: statement.params().len(),
+        });
+    }
+    for (param, actual) in op.params.iter().zip(statement.params()) {
+        let expected = param.ty.pg_type();
+        if *actual != expected {
+            return Err(RegistryError::ParamType {
+                op: op.name,
+                param: param.name,
+                declared: param.ty,
+                expected,
+                actual: actual.clone(),
+            });
+        }
+    }
+    let columns = statement.columns();
+    for (index, column) in columns.iter().enumerate() {
+        if encode::ColumnCodec::for_type(column.type_()).is_none() {
+            return Err(RegistryError::ColumnType {
+                op: op.name,
+                column: column.name().to_owned(),
+                ty: column.type_().clone(),
+            });
+        }
+        if columns[..index]
+            .iter()
+            .any(|earlier| earlier.name() == column.name())
+        {
+            return Err(RegistryError::DuplicateColumn {
+                op: op.name,
+                column: column.name().to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn validate_definition(op: &'static OpDef) -> Result<(), RegistryError> {
+    if !is_valid_op_name(op.name) {
+        return Err(RegistryError::BadName(op.name));
+    }
+    for (index, param) in op.params.iter().enumerate() {
+        if op.params[..index]
+            .iter()
+            .any(|earlier| earlier.name == param.name)
+        {
+            return Err(RegistryError::DuplicateParam {
+                op: op.name,
+                param: param.name,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `domain.action` with at least two non-empty dot-separated segments of `[a-z0-9_]`.
+pub(crate) fn is_valid_op_name(name: &str) -> bool {
+    let mut segments = 0;
+    for segment in name.split('.') {
+        if segment.is_empty()
+            || !segment
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return false;
+        }
+        segments += 1;
+    }
+    segments >= 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static GOOD: &[OpDef] = &[OpDef {
+        name: "things.get",
+        sql: "SELECT $1::text AS id",
+        params: &[Param::required("id", ParamType::Text)],
+        mode: Mode::Read,
+        expect: Expect::Any,
+        statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
+    }];
+
+    static BAD_NAME: &[OpDef] = &[OpDef {
+        name: "Things",
+        ..GOOD[0]
+    }];
+
+    static DUP_PARAM: &[OpDef] = &[OpDef {
+        name: "things.dup",
+        params: &[
+            Param::required("id", ParamType::Text),
+            Param::optional("id", ParamType::Int4),
+        ],
+        ..GOOD[0]
+    }];
+
+    #[test]
+    fn op_names_need_a_domain_and_an_action() {
+        assert!(is_valid_op_name("system.ping"));
+        assert!(is_valid_op_name("credits.debit_v2"));
+        assert!(!is_valid_op_name("ping"));
+        assert!(!is_valid_op_name("system."));
+        assert!(!is_valid_op_name(".ping"));
+        assert!(!is_valid_op_name("System.Ping"));
+        assert!(!is_valid_op_name("system.*"));
+    }
+
+    #[test]
+    fn registry_refuses_duplicates_bad_names_and_repeated_params() {
+        let registry = Registry::new().with(GOOD).expect("valid group");
+        assert!(registry.get("things.get").is_some());
+        assert!(matches!(
+            registry.with(GOOD),
+            Err(RegistryError::Duplicate("things.get"))
+        ));
+        assert!(matches!(
+            Registry::new().with(BAD_NAME),
+            Err(RegistryError::BadName("Things"))
+        ));
+        assert!(matches!(
+            Registry::new().with(DUP_PARAM),
+            Err(RegistryError::DuplicateParam { param: "id", .. })
+        ));
+    }
+
+    #[test]
+    fn production_registry_has_system_ops_and_bench_only_on_request() {
+        let plain = Registry::production(false).expect("production registry is valid");
+        assert!(plain.get(system::PING).is_some());
+        assert!(plain.get(system::SCHEMA_VERSION).is_some());
+        assert!(plain.get(bench::ACCOUNT_BALANCE).is_none());
+        let with_bench = Registry::production(true).expect("bench registry is valid");
+        assert!(with_bench.get(bench::ACCOUNT_BALANCE).is_some());
+    }
+}

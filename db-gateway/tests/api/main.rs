@@ -1,0 +1,12 @@
+//! Integration tests against a real Postgres (`TEST_DATABASE_URL`, see `helpers.rs`).
+//!
+//! One test binary (faster to build than one per file), one module per area.
+
+mod admin;
+mod auth;
+mod batch;
+mod binary;
+mod helpers;
+mod lifecycle;
+mod migrations;
+mod ops;
