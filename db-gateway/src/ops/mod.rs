@@ -32,7 +32,11 @@
 //!
 //! The operation's name is also its scope: a key with scope `credits.*` may call it.
 
+pub mod accounts;
+pub mod auth;
 pub mod bench;
+pub mod billing;
+pub mod personas;
 pub(crate) mod encode;
 pub(crate) mod params;
 pub mod system;
@@ -225,7 +229,12 @@ impl Registry {
     /// Everything production serves. `bench_ops` adds the benchmark-only statements
     /// (`GATEWAY_BENCH_OPS=1`).
     pub fn production(bench_ops: bool) -> Result<Self, RegistryError> {
-        let registry = Self::new().with(system::OPS)?;
+        let registry = Self::new()
+            .with(system::OPS)?
+            .with(auth::OPS)?
+            .with(accounts::OPS)?
+            .with(personas::OPS)?
+            .with(billing::OPS)?;
         if bench_ops {
             registry.with(bench::OPS)
         } else {

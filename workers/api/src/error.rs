@@ -5,7 +5,10 @@
 //! code; the message is for people. Nothing internal (SQL, gateway bodies, stack traces) leaks.
 
 use serde_json::{Map, Value, json};
+use callmeback_gateway_api::codes;
 use worker::Response;
+
+use crate::gateway::GatewayError;
 
 /// A failure with its HTTP status and stable code.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,6 +120,39 @@ impl From<worker::Error> for ApiError {
     fn from(err: worker::Error) -> Self {
         worker::console_error!("worker runtime error: {err}");
         Self::internal()
+    }
+}
+
+/// How a gateway failure reaches the API's caller when the route has no more specific answer.
+impl From<GatewayError> for ApiError {
+    fn from(err: GatewayError) -> Self {
+        match err {
+            GatewayError::Unreachable(reason) => {
+                worker::console_error!("gateway unreachable: {reason}");
+                Self::dependency_unavailable("gateway", "db-gateway is unreachable")
+            }
+            GatewayError::BadResponse(status) => {
+                worker::console_error!("gateway answered outside the contract with status {status}");
+                Self::dependency_unavailable("gateway", "db-gateway answered unexpectedly")
+            }
+            GatewayError::Rejected { status, code, message, .. } => match code.as_str() {
+                codes::DATABASE_UNAVAILABLE | codes::OVERLOADED => {
+                    Self::dependency_unavailable("database", "the database is busy or unavailable")
+                }
+                codes::TIMEOUT => Self::new(504, "timeout", "the database did not answer in time"),
+                codes::CONFLICT => Self::new(409, "conflict", "that already exists"),
+                codes::PRECONDITION_FAILED => Self::new(409, "precondition_failed", message),
+                codes::CONSTRAINT_VIOLATION => Self::new(422, "constraint_violation", "the values were refused"),
+                codes::FOREIGN_KEY_VIOLATION => Self::new(409, "reference_not_found", "a referenced item does not exist"),
+                codes::RETRY => Self::new(409, "retry", "a concurrent change interfered; retry").with_retry_after(1),
+                _ => {
+                    // 400/401/403/404 from the gateway mean the Worker sent something wrong: a bug
+                    // or a configuration error, not the caller's fault.
+                    worker::console_error!("gateway refused a call: {status} {code}");
+                    Self::internal()
+                }
+            },
+        }
     }
 }
 

@@ -12,10 +12,13 @@
 //! - [`error`]: the one error type of the HTTP boundary.
 
 pub mod config;
+pub mod cors;
+pub mod ctx;
 pub mod error;
 pub mod gateway;
 pub mod rate_limiter;
 pub mod routes;
+pub mod session;
 
 use worker::{Context, Env, Request, Response, event};
 

@@ -22,6 +22,15 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use rand::Rng;
 
+/// The frontend origin the test Worker allows for CORS.
+pub const TEST_ORIGIN: &str = "http://app.callmeback.test";
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    rand::rng().fill(&mut bytes[..]);
+    bytes
+}
+
 /// The repository root (this crate lives in `workers/e2e`).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -53,6 +62,8 @@ pub struct Stack {
     pub database_url: String,
     pub key_id: String,
     pub key_secret: Vec<u8>,
+    /// The Stripe webhook signing secret the Worker accepts (tests sign events with it).
+    pub stripe_webhook_secret: String,
     admin_database_url: String,
     database_name: String,
     gateway: Option<Child>,
@@ -80,7 +91,7 @@ impl Stack {
         let database_url = replace_database(&admin_database_url, &database_name);
 
         let key_id = "worker-e2e".to_owned();
-        let key_secret: Vec<u8> = (0..32).map(|_| rand::rng().random()).collect();
+        let key_secret = random_bytes::<32>().to_vec();
         let secret_b64 = base64::engine::general_purpose::STANDARD.encode(&key_secret);
         let keys_file = dir.join("gateway-keys.json");
         std::fs::write(
@@ -98,14 +109,20 @@ impl Stack {
 
         let worker_port = free_port();
         let worker_url = format!("http://127.0.0.1:{worker_port}");
-        let worker = spawn_worker(
-            &worker_main,
-            worker_port,
-            &gateway_url,
-            &key_id,
-            &secret_b64,
-            &dir,
+        let stripe_webhook_secret = format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(random_bytes::<24>())
         );
+        let jwt_keys = format!(
+            "e2e-1:{}",
+            base64::engine::general_purpose::STANDARD.encode(random_bytes::<32>())
+        );
+        let worker_env = format!(
+            "GATEWAY_URL={gateway_url}\nGATEWAY_KEY_ID={key_id}\nGATEWAY_KEY_SECRET={secret_b64}\n\
+             JWT_SIGNING_KEYS={jwt_keys}\nSTRIPE_WEBHOOK_SECRETS={stripe_webhook_secret}\n\
+             CORS_ALLOWED_ORIGINS={TEST_ORIGIN}\n"
+        );
+        let worker = spawn_worker(&worker_main, worker_port, &worker_env, &dir);
 
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
@@ -118,6 +135,7 @@ impl Stack {
             database_url,
             key_id,
             key_secret,
+            stripe_webhook_secret,
             admin_database_url,
             database_name,
             gateway: Some(gateway),
@@ -282,26 +300,13 @@ fn spawn_gateway(
     }
 }
 
-fn spawn_worker(
-    main: &str,
-    port: u16,
-    gateway_url: &str,
-    key_id: &str,
-    secret_b64: &str,
-    dir: &Path,
-) -> Child {
+fn spawn_worker(main: &str, port: u16, worker_env: &str, dir: &Path) -> Child {
     let config = test_wrangler_config(
         &std::fs::read_to_string(repo_root().join("wrangler.toml")).expect("read wrangler.toml"),
         main,
     );
     std::fs::write(dir.join("wrangler.toml"), config).expect("write test wrangler config");
-    std::fs::write(
-        dir.join("worker.env"),
-        format!(
-            "GATEWAY_URL={gateway_url}\nGATEWAY_KEY_ID={key_id}\nGATEWAY_KEY_SECRET={secret_b64}\n"
-        ),
-    )
-    .expect("write worker env file");
+    std::fs::write(dir.join("worker.env"), worker_env).expect("write worker env file");
     let log = std::fs::File::create(dir.join("worker.log")).expect("worker log file");
     let log_err = log.try_clone().expect("clone log handle");
     Command::new(repo_root().join("node_modules/.bin/wrangler"))

@@ -8,10 +8,15 @@ use callmeback_gateway_api::{OpCall, codes};
 use serde_json::json;
 use worker::Response;
 
+use super::{Access, Call, RouteDef, Service};
 use crate::error::ApiError;
-use crate::gateway::{Gateway, GatewayError};
+use crate::gateway::GatewayError;
 
-pub(super) async fn health(gateway: &Gateway) -> Result<Response, ApiError> {
+pub(super) const ROUTES: &[RouteDef] =
+    &[RouteDef::new(worker::Method::Get, "/health", Access::Public, Service::Health, "health")];
+
+pub(super) async fn handle(_route: &RouteDef, call: Call) -> Result<Response, ApiError> {
+    let gateway = call.ctx.gateway()?;
     let started = js_sys::Date::now();
     let result = gateway.call(&OpCall::new("system.ping")).await;
     let latency_ms = (js_sys::Date::now() - started).round() as u64;

@@ -1,37 +1,193 @@
-//! HTTP routing for the Worker: one table of routes, one dispatch function.
+//! HTTP routing for the Worker: route tables as data, one dispatch function.
 //!
-//! Handlers return `Result<Response, ApiError>`; [`dispatch`] turns errors into JSON responses, so
-//! no route can answer with an HTML error page or a bare 500.
+//! Each service module (`health`, …) declares its routes in a `ROUTES` table of [`RouteDef`]s and
+//! handles them in its `handle` function. Keeping routes as data lets one place do what every route
+//! needs (CORS, method checks, authentication, JSON errors) and lets a test check the OpenAPI
+//! document against the router. Handlers return `Result<Response, ApiError>`; [`dispatch`] renders
+//! errors as JSON, so no route can answer with an HTML error page or a bare 500.
 
+mod auth;
+mod billing;
 mod health;
+mod personas;
 
 use worker::{Env, Method, Request, Response};
 
-use crate::config::GatewayConfig;
+use crate::ctx::RequestCtx;
 use crate::error::ApiError;
-use crate::gateway::Gateway;
+use crate::session::{self, Session};
 
-/// Routes a request to its handler.
-pub async fn dispatch(req: Request, env: Env, request_id: String) -> Response {
-    let path = req.path();
-    let method = req.method();
-    let result = route(&method, &path, req, &env, request_id).await;
-    result.unwrap_or_else(ApiError::into_response)
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone.
+    Public,
+    /// A signed-in user (a valid, unrevoked session token).
+    User,
+    /// A signed-in user whose role is `admin` (checked against the database).
+    Admin,
 }
 
-async fn route(
-    method: &Method,
-    path: &str,
-    _req: Request,
-    env: &Env,
-    request_id: String,
-) -> Result<Response, ApiError> {
-    match (method, path) {
-        (Method::Get, "/health") => {
-            let gateway = Gateway::new(GatewayConfig::from_env(env)?, request_id);
-            health::health(&gateway).await
+/// Which module handles a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Health,
+    /// Register, login, logout, me; admin role changes.
+    Auth,
+    /// Personas, the caller's relationships with them, scenario templates; their admin.
+    Personas,
+    /// Credits, ledger, budgets, Stripe webhooks, admin reports.
+    Billing,
+}
+
+/// One route: method + path pattern (`{name}` marks a path parameter).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteDef {
+    pub method: Method,
+    pub path: &'static str,
+    pub access: Access,
+    pub service: Service,
+    /// Stable id of the route, also the OpenAPI `operationId`.
+    pub name: &'static str,
+}
+
+impl RouteDef {
+    pub const fn new(method: Method, path: &'static str, access: Access, service: Service, name: &'static str) -> Self {
+        Self { method, path, access, service, name }
+    }
+}
+
+/// Every route table, in matching order.
+pub const TABLES: &[&[RouteDef]] = &[health::ROUTES, auth::ROUTES, personas::ROUTES, billing::ROUTES];
+
+/// Iterates every route.
+pub fn all_routes() -> impl Iterator<Item = &'static RouteDef> {
+    TABLES.iter().flat_map(|table| table.iter())
+}
+
+/// Path parameters of a matched route, in pattern order.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PathParams(Vec<(&'static str, String)>);
+
+impl PathParams {
+    /// The value of `{name}`; routes only ask for names their pattern has.
+    pub fn get(&self, name: &str) -> &str {
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str()).unwrap_or_default()
+    }
+}
+
+/// Matches a path against a pattern, collecting `{param}` segments.
+pub fn match_path(pattern: &'static str, path: &str) -> Option<PathParams> {
+    let mut params = Vec::new();
+    let mut pattern_segments = pattern.trim_matches('/').split('/');
+    let mut path_segments = path.trim_end_matches('/').trim_start_matches('/').split('/');
+    loop {
+        match (pattern_segments.next(), path_segments.next()) {
+            (None, None) => return Some(PathParams(params)),
+            (Some(p), Some(s)) if p.starts_with('{') && p.ends_with('}') => {
+                if s.is_empty() {
+                    return None;
+                }
+                params.push((&p[1..p.len() - 1], s.to_owned()));
+            }
+            (Some(p), Some(s)) if p == s => {}
+            _ => return None,
         }
-        (_, "/health") => Err(ApiError::method_not_allowed()),
-        _ => Err(ApiError::not_found()),
+    }
+}
+
+/// The route for a method and path: 404 when no pattern matches, 405 when only the method differs.
+pub fn resolve(method: &Method, path: &str) -> Result<(&'static RouteDef, PathParams), ApiError> {
+    let mut path_known = false;
+    for route in all_routes() {
+        if let Some(params) = match_path(route.path, path) {
+            if route.method == *method {
+                return Ok((route, params));
+            }
+            path_known = true;
+        }
+    }
+    Err(if path_known { ApiError::method_not_allowed() } else { ApiError::not_found() })
+}
+
+/// What a handler receives.
+#[derive(Debug)]
+pub struct Call {
+    pub ctx: RequestCtx,
+    pub req: Request,
+    pub params: PathParams,
+    /// Present for `Access::User` and `Access::Admin` routes.
+    pub session: Option<Session>,
+}
+
+impl Call {
+    /// The session of an authenticated route (the dispatcher guarantees it for User/Admin routes).
+    pub fn session(&self) -> Result<&Session, ApiError> {
+        self.session.as_ref().ok_or_else(session::unauthorized)
+    }
+}
+
+/// Routes a request to its handler and renders any error as JSON.
+pub async fn dispatch(req: Request, env: Env, request_id: String) -> Response {
+    let ctx = RequestCtx::new(env, &req, request_id);
+    let origin = req.headers().get("origin").ok().flatten();
+    let cors = crate::cors::CorsPolicy::from_env(&ctx.env);
+    if req.method() == Method::Options {
+        return cors.preflight(origin.as_deref());
+    }
+    let response = match route(req, ctx).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    };
+    cors.apply(&response, origin.as_deref());
+    response
+}
+
+async fn route(req: Request, ctx: RequestCtx) -> Result<Response, ApiError> {
+    let (route, params) = resolve(&req.method(), &req.path())?;
+    let session = match route.access {
+        Access::Public => None,
+        Access::User | Access::Admin => Some(session::authenticate(&ctx, &req, route.access)?),
+    };
+    let call = Call { ctx, req, params, session };
+    match route.service {
+        Service::Health => health::handle(route, call).await,
+        Service::Auth => auth::handle(route, call).await,
+        Service::Personas => personas::handle(route, call).await,
+        Service::Billing => billing::handle(route, call).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_literal_and_parameter_segments() {
+        assert_eq!(match_path("/health", "/health"), Some(PathParams::default()));
+        assert_eq!(match_path("/health", "/health/"), Some(PathParams::default()));
+        let params = match_path("/api/personas/{id}", "/api/personas/brad").expect("matches");
+        assert_eq!(params.get("id"), "brad");
+        assert_eq!(match_path("/api/personas/{id}", "/api/personas/"), None);
+        assert_eq!(match_path("/api/personas/{id}", "/api/personas/brad/extra"), None);
+        assert_eq!(match_path("/api/personas", "/api/personas/brad"), None);
+    }
+
+    #[test]
+    fn resolve_distinguishes_unknown_paths_from_wrong_methods() {
+        assert_eq!(resolve(&Method::Get, "/nope").unwrap_err().code, "not_found");
+        assert_eq!(resolve(&Method::Post, "/health").unwrap_err().code, "method_not_allowed");
+        assert_eq!(resolve(&Method::Get, "/health").expect("route").0.name, "health");
+    }
+
+    #[test]
+    fn route_names_are_unique_and_patterns_do_not_shadow_each_other() {
+        let routes: Vec<_> = all_routes().collect();
+        for (i, a) in routes.iter().enumerate() {
+            for b in &routes[i + 1..] {
+                assert_ne!(a.name, b.name, "duplicate route name");
+                assert!(!(a.method == b.method && a.path == b.path), "duplicate route {} {}", a.method, a.path);
+            }
+        }
     }
 }

@@ -1,0 +1,5 @@
+//! placeholder
+
+use super::OpDef;
+
+pub static OPS: &[OpDef] = &[];

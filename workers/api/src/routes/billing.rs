@@ -1,0 +1,12 @@
+//! Credits and their ledger, budgets, Stripe webhooks, and admin reports.
+
+use worker::Response;
+
+use super::{Call, RouteDef};
+use crate::error::ApiError;
+
+pub(super) const ROUTES: &[RouteDef] = &[];
+
+pub(super) async fn handle(_route: &RouteDef, _call: Call) -> Result<Response, ApiError> {
+    Err(ApiError::not_found())
+}
