@@ -19,9 +19,14 @@ pub static OPS: &[OpDef] = &[
         sql: "SELECT u.id, u.email, u.role FROM users u \
               WHERE u.id = $1 AND u.is_active \
                 AND NOT EXISTS (SELECT 1 FROM token_blacklist t WHERE t.token_id = $2 AND t.expires_at > now())",
-        params: &[Param::required("user_id", ParamType::Text), Param::required("jti", ParamType::Text)],
+        params: &[
+            Param::required("user_id", ParamType::Text),
+            Param::required("jti", ParamType::Text),
+        ],
         mode: Mode::Read,
-        expect: Expect::One { message: "session is no longer valid" },
+        expect: Expect::One {
+            message: "session is no longer valid",
+        },
         statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
     },
     OpDef {
@@ -29,7 +34,9 @@ pub static OPS: &[OpDef] = &[
         sql: "SELECT u.id FROM users u WHERE u.id = $1 AND u.is_active AND u.role = 'admin'",
         params: &[Param::required("user_id", ParamType::Text)],
         mode: Mode::Read,
-        expect: Expect::One { message: "admin role required" },
+        expect: Expect::One {
+            message: "admin role required",
+        },
         statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
     },
 ];

@@ -17,13 +17,20 @@ pub struct CorsPolicy {
 
 impl CorsPolicy {
     pub fn from_env(env: &Env) -> Self {
-        let list = env.var("CORS_ALLOWED_ORIGINS").map(|v| v.to_string()).unwrap_or_default();
+        let list = env
+            .var("CORS_ALLOWED_ORIGINS")
+            .map(|v| v.to_string())
+            .unwrap_or_default();
         Self::from_list(&list)
     }
 
     pub fn from_list(list: &str) -> Self {
         Self {
-            origins: list.split(',').map(|o| o.trim().trim_end_matches('/').to_owned()).filter(|o| !o.is_empty()).collect(),
+            origins: list
+                .split(',')
+                .map(|o| o.trim().trim_end_matches('/').to_owned())
+                .filter(|o| !o.is_empty())
+                .collect(),
         }
     }
 
@@ -44,7 +51,9 @@ impl CorsPolicy {
     /// Answers an `OPTIONS` preflight: 204 with the allowed methods and headers for an allowed
     /// origin, plain 204 without CORS headers otherwise.
     pub fn preflight(&self, origin: Option<&str>) -> Response {
-        let response = Response::empty().map(|r| r.with_status(204)).unwrap_or_else(|_| crate::error::ApiError::internal().into_response());
+        let response = Response::empty()
+            .map(|r| r.with_status(204))
+            .unwrap_or_else(|_| crate::error::ApiError::internal().into_response());
         if let Some(origin) = origin.filter(|o| self.allows(o)) {
             let headers = response.headers();
             let _ = headers.set("access-control-allow-origin", origin);
@@ -63,7 +72,8 @@ mod tests {
 
     #[test]
     fn only_listed_origins_are_allowed() {
-        let policy = CorsPolicy::from_list("https://app.callmeback.example, http://localhost:5173/");
+        let policy =
+            CorsPolicy::from_list("https://app.callmeback.example, http://localhost:5173/");
         assert!(policy.allows("https://app.callmeback.example"));
         assert!(policy.allows("http://localhost:5173"));
         assert!(!policy.allows("https://evil.example"));

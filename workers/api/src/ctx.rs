@@ -28,12 +28,19 @@ impl RequestCtx {
             .flatten()
             .filter(|ip| ip.len() <= 64)
             .unwrap_or_else(|| "unknown".to_owned());
-        Self { env, request_id, client_ip }
+        Self {
+            env,
+            request_id,
+            client_ip,
+        }
     }
 
     /// A gateway client for this request.
     pub fn gateway(&self) -> Result<Gateway, ApiError> {
-        Ok(Gateway::new(GatewayConfig::from_env(&self.env)?, self.request_id.clone()))
+        Ok(Gateway::new(
+            GatewayConfig::from_env(&self.env)?,
+            self.request_id.clone(),
+        ))
     }
 
     /// Unix time in seconds.
@@ -45,15 +52,35 @@ impl RequestCtx {
 /// Reads a JSON body: 415 unless JSON, 413 over [`MAX_BODY_BYTES`], 400 with a stable code when
 /// the JSON does not parse or does not have the expected shape.
 pub async fn read_json<T: DeserializeOwned>(req: &mut Request) -> Result<T, ApiError> {
-    let content_type = req.headers().get("content-type").ok().flatten().unwrap_or_default();
-    if !content_type.to_ascii_lowercase().starts_with("application/json") {
-        return Err(ApiError::new(415, "unsupported_media_type", "send the body as application/json"));
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    if !content_type
+        .to_ascii_lowercase()
+        .starts_with("application/json")
+    {
+        return Err(ApiError::new(
+            415,
+            "unsupported_media_type",
+            "send the body as application/json",
+        ));
     }
-    let declared = req.headers().get("content-length").ok().flatten().and_then(|v| v.parse::<usize>().ok());
+    let declared = req
+        .headers()
+        .get("content-length")
+        .ok()
+        .flatten()
+        .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|len| len > MAX_BODY_BYTES) {
         return Err(payload_too_large());
     }
-    let bytes = req.bytes().await.map_err(|_| ApiError::bad_request("invalid_body", "the request body could not be read"))?;
+    let bytes = req
+        .bytes()
+        .await
+        .map_err(|_| ApiError::bad_request("invalid_body", "the request body could not be read"))?;
     if bytes.len() > MAX_BODY_BYTES {
         return Err(payload_too_large());
     }
@@ -67,13 +94,20 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             ApiError::bad_request("invalid_json", "the body is not valid JSON")
         } else {
             // serde's message names the field and expected type, never echoes values.
-            ApiError::bad_request("invalid_body", format!("the body does not have the expected shape: {e}"))
+            ApiError::bad_request(
+                "invalid_body",
+                format!("the body does not have the expected shape: {e}"),
+            )
         }
     })
 }
 
 fn payload_too_large() -> ApiError {
-    ApiError::new(413, "payload_too_large", format!("the body is larger than {MAX_BODY_BYTES} bytes"))
+    ApiError::new(
+        413,
+        "payload_too_large",
+        format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+    )
 }
 
 #[cfg(test)]
@@ -90,8 +124,16 @@ mod tests {
     #[test]
     fn json_errors_have_stable_codes() {
         assert_eq!(parse_json::<Body>(b"{").unwrap_err().code, "invalid_json");
-        assert_eq!(parse_json::<Body>(b"{\"email\": 3}").unwrap_err().code, "invalid_body");
-        assert_eq!(parse_json::<Body>(b"{\"email\": \"a\", \"x\": 1}").unwrap_err().code, "invalid_body");
+        assert_eq!(
+            parse_json::<Body>(b"{\"email\": 3}").unwrap_err().code,
+            "invalid_body"
+        );
+        assert_eq!(
+            parse_json::<Body>(b"{\"email\": \"a\", \"x\": 1}")
+                .unwrap_err()
+                .code,
+            "invalid_body"
+        );
         assert!(parse_json::<Body>(b"{\"email\": \"a@b.co\"}").is_ok());
     }
 }

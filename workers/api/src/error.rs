@@ -4,8 +4,8 @@
 //! `{"error": {"code", "message", "fields"?, ...}}` with a stable `code`. Frontends branch on the
 //! code; the message is for people. Nothing internal (SQL, gateway bodies, stack traces) leaks.
 
-use serde_json::{Map, Value, json};
 use callmeback_gateway_api::codes;
+use serde_json::{Map, Value, json};
 use worker::Response;
 
 use crate::gateway::GatewayError;
@@ -132,19 +132,33 @@ impl From<GatewayError> for ApiError {
                 Self::dependency_unavailable("gateway", "db-gateway is unreachable")
             }
             GatewayError::BadResponse(status) => {
-                worker::console_error!("gateway answered outside the contract with status {status}");
+                worker::console_error!(
+                    "gateway answered outside the contract with status {status}"
+                );
                 Self::dependency_unavailable("gateway", "db-gateway answered unexpectedly")
             }
-            GatewayError::Rejected { status, code, message, .. } => match code.as_str() {
+            GatewayError::Rejected {
+                status,
+                code,
+                message,
+                ..
+            } => match code.as_str() {
                 codes::DATABASE_UNAVAILABLE | codes::OVERLOADED => {
                     Self::dependency_unavailable("database", "the database is busy or unavailable")
                 }
                 codes::TIMEOUT => Self::new(504, "timeout", "the database did not answer in time"),
                 codes::CONFLICT => Self::new(409, "conflict", "that already exists"),
                 codes::PRECONDITION_FAILED => Self::new(409, "precondition_failed", message),
-                codes::CONSTRAINT_VIOLATION => Self::new(422, "constraint_violation", "the values were refused"),
-                codes::FOREIGN_KEY_VIOLATION => Self::new(409, "reference_not_found", "a referenced item does not exist"),
-                codes::RETRY => Self::new(409, "retry", "a concurrent change interfered; retry").with_retry_after(1),
+                codes::CONSTRAINT_VIOLATION => {
+                    Self::new(422, "constraint_violation", "the values were refused")
+                }
+                codes::FOREIGN_KEY_VIOLATION => Self::new(
+                    409,
+                    "reference_not_found",
+                    "a referenced item does not exist",
+                ),
+                codes::RETRY => Self::new(409, "retry", "a concurrent change interfered; retry")
+                    .with_retry_after(1),
                 _ => {
                     // 400/401/403/404 from the gateway mean the Worker sent something wrong: a bug
                     // or a configuration error, not the caller's fault.

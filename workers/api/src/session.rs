@@ -45,7 +45,11 @@ impl Session {
 
 /// The one answer for every token problem: which check failed is never revealed.
 pub fn unauthorized() -> ApiError {
-    ApiError::new(401, "unauthorized", "missing, invalid or expired session token")
+    ApiError::new(
+        401,
+        "unauthorized",
+        "missing, invalid or expired session token",
+    )
 }
 
 pub fn forbidden() -> ApiError {
@@ -54,7 +58,10 @@ pub fn forbidden() -> ApiError {
 
 /// The JWT keyring from the `JWT_SIGNING_KEYS` secret (`kid:base64,kid:base64`; first one signs).
 pub fn keyring(env: &Env) -> Result<Keyring, ApiError> {
-    let spec = env.secret("JWT_SIGNING_KEYS").map(|s| s.to_string()).map_err(|_| misconfigured())?;
+    let spec = env
+        .secret("JWT_SIGNING_KEYS")
+        .map(|s| s.to_string())
+        .map_err(|_| misconfigured())?;
     Keyring::parse(&spec).map_err(|e| {
         worker::console_error!("JWT_SIGNING_KEYS is invalid: {e}");
         misconfigured()
@@ -67,42 +74,80 @@ fn misconfigured() -> ApiError {
 
 /// Verifies the bearer token of a request for a route with the given access level.
 pub fn authenticate(ctx: &RequestCtx, req: &Request, access: Access) -> Result<Session, ApiError> {
-    let header = req.headers().get("authorization").ok().flatten().ok_or_else(unauthorized)?;
-    let token = header.strip_prefix("Bearer ").ok_or_else(unauthorized)?.trim();
-    let verified = keyring(&ctx.env)?.verify(token, ctx.now_secs()).map_err(|reason| {
-        worker::console_log!("request {}: token refused ({})", ctx.request_id, reason.code());
-        unauthorized()
-    })?;
+    let header = req
+        .headers()
+        .get("authorization")
+        .ok()
+        .flatten()
+        .ok_or_else(unauthorized)?;
+    let token = header
+        .strip_prefix("Bearer ")
+        .ok_or_else(unauthorized)?
+        .trim();
+    let verified = keyring(&ctx.env)?
+        .verify(token, ctx.now_secs())
+        .map_err(|reason| {
+            worker::console_log!(
+                "request {}: token refused ({})",
+                ctx.request_id,
+                reason.code()
+            );
+            unauthorized()
+        })?;
     // The database has the final word on the role (see `authed_batch`), but a token that does not
     // even claim admin can be turned away without a round trip.
     if access == Access::Admin && verified.claims.role != Role::Admin {
         return Err(forbidden());
     }
-    Ok(Session { claims: verified.claims, expires_at: verified.expires_at, access })
+    Ok(Session {
+        claims: verified.claims,
+        expires_at: verified.expires_at,
+        access,
+    })
 }
 
 /// Runs `ops` in one transaction behind the session's guard operations, returning only the
 /// results of `ops`.
-pub async fn authed_batch(ctx: &RequestCtx, session: &Session, ops: Vec<OpCall>) -> Result<Vec<OpResult>, ApiError> {
+pub async fn authed_batch(
+    ctx: &RequestCtx,
+    session: &Session,
+    ops: Vec<OpCall>,
+) -> Result<Vec<OpResult>, ApiError> {
     let mut batch = session.guard_ops();
     let guards = batch.len();
     batch.extend(ops);
     match ctx.gateway()?.batch(batch).await {
         Ok(response) => Ok(response.results.into_iter().skip(guards).collect()),
-        Err(GatewayError::Rejected { code, op_index: Some(index), .. })
-            if index < guards && code == codes::PRECONDITION_FAILED =>
-        {
-            Err(if index == 0 { unauthorized() } else { forbidden() })
-        }
-        Err(GatewayError::Rejected { status, code, message, op_index: Some(index) }) if index >= guards => {
-            Err(ApiError::from(GatewayError::Rejected { status, code, message, op_index: Some(index - guards) }))
-        }
+        Err(GatewayError::Rejected {
+            code,
+            op_index: Some(index),
+            ..
+        }) if index < guards && code == codes::PRECONDITION_FAILED => Err(if index == 0 {
+            unauthorized()
+        } else {
+            forbidden()
+        }),
+        Err(GatewayError::Rejected {
+            status,
+            code,
+            message,
+            op_index: Some(index),
+        }) if index >= guards => Err(ApiError::from(GatewayError::Rejected {
+            status,
+            code,
+            message,
+            op_index: Some(index - guards),
+        })),
         Err(other) => Err(ApiError::from(other)),
     }
 }
 
 /// Like [`authed_batch`] for a single operation.
-pub async fn authed_call(ctx: &RequestCtx, session: &Session, op: OpCall) -> Result<OpResult, ApiError> {
+pub async fn authed_call(
+    ctx: &RequestCtx,
+    session: &Session,
+    op: OpCall,
+) -> Result<OpResult, ApiError> {
     let mut results = authed_batch(ctx, session, vec![op]).await?;
     results.pop().ok_or_else(ApiError::internal)
 }

@@ -12,8 +12,13 @@ use super::{Access, Call, RouteDef, Service};
 use crate::error::ApiError;
 use crate::gateway::GatewayError;
 
-pub(super) const ROUTES: &[RouteDef] =
-    &[RouteDef::new(worker::Method::Get, "/health", Access::Public, Service::Health, "health")];
+pub(super) const ROUTES: &[RouteDef] = &[RouteDef::new(
+    worker::Method::Get,
+    "/health",
+    Access::Public,
+    Service::Health,
+    "health",
+)];
 
 pub(super) async fn handle(_route: &RouteDef, call: Call) -> Result<Response, ApiError> {
     let gateway = call.ctx.gateway()?;

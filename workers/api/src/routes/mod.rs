@@ -52,13 +52,30 @@ pub struct RouteDef {
 }
 
 impl RouteDef {
-    pub const fn new(method: Method, path: &'static str, access: Access, service: Service, name: &'static str) -> Self {
-        Self { method, path, access, service, name }
+    pub const fn new(
+        method: Method,
+        path: &'static str,
+        access: Access,
+        service: Service,
+        name: &'static str,
+    ) -> Self {
+        Self {
+            method,
+            path,
+            access,
+            service,
+            name,
+        }
     }
 }
 
 /// Every route table, in matching order.
-pub const TABLES: &[&[RouteDef]] = &[health::ROUTES, auth::ROUTES, personas::ROUTES, billing::ROUTES];
+pub const TABLES: &[&[RouteDef]] = &[
+    health::ROUTES,
+    auth::ROUTES,
+    personas::ROUTES,
+    billing::ROUTES,
+];
 
 /// Iterates every route.
 pub fn all_routes() -> impl Iterator<Item = &'static RouteDef> {
@@ -72,7 +89,11 @@ pub struct PathParams(Vec<(&'static str, String)>);
 impl PathParams {
     /// The value of `{name}`; routes only ask for names their pattern has.
     pub fn get(&self, name: &str) -> &str {
-        self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str()).unwrap_or_default()
+        self.0
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default()
     }
 }
 
@@ -80,7 +101,10 @@ impl PathParams {
 pub fn match_path(pattern: &'static str, path: &str) -> Option<PathParams> {
     let mut params = Vec::new();
     let mut pattern_segments = pattern.trim_matches('/').split('/');
-    let mut path_segments = path.trim_end_matches('/').trim_start_matches('/').split('/');
+    let mut path_segments = path
+        .trim_end_matches('/')
+        .trim_start_matches('/')
+        .split('/');
     loop {
         match (pattern_segments.next(), path_segments.next()) {
             (None, None) => return Some(PathParams(params)),
@@ -107,7 +131,11 @@ pub fn resolve(method: &Method, path: &str) -> Result<(&'static RouteDef, PathPa
             path_known = true;
         }
     }
-    Err(if path_known { ApiError::method_not_allowed() } else { ApiError::not_found() })
+    Err(if path_known {
+        ApiError::method_not_allowed()
+    } else {
+        ApiError::not_found()
+    })
 }
 
 /// What a handler receives.
@@ -149,7 +177,12 @@ async fn route(req: Request, ctx: RequestCtx) -> Result<Response, ApiError> {
         Access::Public => None,
         Access::User | Access::Admin => Some(session::authenticate(&ctx, &req, route.access)?),
     };
-    let call = Call { ctx, req, params, session };
+    let call = Call {
+        ctx,
+        req,
+        params,
+        session,
+    };
     match route.service {
         Service::Health => health::handle(route, call).await,
         Service::Auth => auth::handle(route, call).await,
@@ -164,20 +197,38 @@ mod tests {
 
     #[test]
     fn patterns_match_literal_and_parameter_segments() {
-        assert_eq!(match_path("/health", "/health"), Some(PathParams::default()));
-        assert_eq!(match_path("/health", "/health/"), Some(PathParams::default()));
+        assert_eq!(
+            match_path("/health", "/health"),
+            Some(PathParams::default())
+        );
+        assert_eq!(
+            match_path("/health", "/health/"),
+            Some(PathParams::default())
+        );
         let params = match_path("/api/personas/{id}", "/api/personas/brad").expect("matches");
         assert_eq!(params.get("id"), "brad");
         assert_eq!(match_path("/api/personas/{id}", "/api/personas/"), None);
-        assert_eq!(match_path("/api/personas/{id}", "/api/personas/brad/extra"), None);
+        assert_eq!(
+            match_path("/api/personas/{id}", "/api/personas/brad/extra"),
+            None
+        );
         assert_eq!(match_path("/api/personas", "/api/personas/brad"), None);
     }
 
     #[test]
     fn resolve_distinguishes_unknown_paths_from_wrong_methods() {
-        assert_eq!(resolve(&Method::Get, "/nope").unwrap_err().code, "not_found");
-        assert_eq!(resolve(&Method::Post, "/health").unwrap_err().code, "method_not_allowed");
-        assert_eq!(resolve(&Method::Get, "/health").expect("route").0.name, "health");
+        assert_eq!(
+            resolve(&Method::Get, "/nope").unwrap_err().code,
+            "not_found"
+        );
+        assert_eq!(
+            resolve(&Method::Post, "/health").unwrap_err().code,
+            "method_not_allowed"
+        );
+        assert_eq!(
+            resolve(&Method::Get, "/health").expect("route").0.name,
+            "health"
+        );
     }
 
     #[test]
@@ -186,7 +237,12 @@ mod tests {
         for (i, a) in routes.iter().enumerate() {
             for b in &routes[i + 1..] {
                 assert_ne!(a.name, b.name, "duplicate route name");
-                assert!(!(a.method == b.method && a.path == b.path), "duplicate route {} {}", a.method, a.path);
+                assert!(
+                    !(a.method == b.method && a.path == b.path),
+                    "duplicate route {} {}",
+                    a.method,
+                    a.path
+                );
             }
         }
     }
