@@ -9,6 +9,7 @@
 mod auth;
 mod billing;
 mod health;
+mod meta;
 mod personas;
 
 use worker::{Env, Method, Request, Response};
@@ -38,6 +39,8 @@ pub enum Service {
     Personas,
     /// Credits, ledger, budgets, Stripe webhooks, admin reports.
     Billing,
+    /// The API description itself.
+    Meta,
 }
 
 /// One route: method + path pattern (`{name}` marks a path parameter).
@@ -72,6 +75,7 @@ impl RouteDef {
 /// Every route table, in matching order.
 pub const TABLES: &[&[RouteDef]] = &[
     health::ROUTES,
+    meta::ROUTES,
     auth::ROUTES,
     personas::ROUTES,
     billing::ROUTES,
@@ -188,6 +192,7 @@ async fn route(req: Request, ctx: RequestCtx) -> Result<Response, ApiError> {
         Service::Auth => auth::handle(route, call).await,
         Service::Personas => personas::handle(route, call).await,
         Service::Billing => billing::handle(route, call).await,
+        Service::Meta => meta::handle(route, call).await,
     }
 }
 
