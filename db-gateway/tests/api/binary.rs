@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader};
 use tokio::process::Command;
 
 use crate::helpers::{
-    FIXTURE_MIGRATION, TempDir, TestDatabase, fresh_nonce, random_secret, unix_now, write_file,
+    TempDir, TestDatabase, fresh_nonce, random_secret, unix_now, write_file,
 };
 
 const BINARY: &str = env!("CARGO_BIN_EXE_db-gateway");
@@ -56,10 +56,8 @@ async fn gen_key_prints_an_entry_the_keys_file_accepts() {
 async fn serve_migrates_announces_its_ports_logs_safely_and_stops_on_sigterm() {
     let database = TestDatabase::create().await;
     let dir = TempDir::new();
-    write_file(
-        &dir.path().join("migrations/001_test_items.sql"),
-        FIXTURE_MIGRATION,
-    );
+    // The real schema: at startup the binary checks every production operation against it.
+    let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
     let secret = random_secret();
     let key = Key::new("bin-key", secret.clone());
     write_file(
@@ -75,7 +73,7 @@ async fn serve_migrates_announces_its_ports_logs_safely_and_stops_on_sigterm() {
         .env("GATEWAY_LISTEN", "127.0.0.1:0")
         .env("GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
         .env("GATEWAY_KEYS_FILE", dir.path().join("keys.json"))
-        .env("GATEWAY_MIGRATIONS_DIR", dir.path().join("migrations"))
+        .env("GATEWAY_MIGRATIONS_DIR", &migrations)
         .env("GATEWAY_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

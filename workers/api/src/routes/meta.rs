@@ -10,7 +10,7 @@ use super::{Access, Call, RouteDef, Service};
 use crate::error::ApiError;
 
 /// The OpenAPI 3.1 document, as served.
-pub const OPENAPI_JSON: &str = include_str!("../../openapi.json");
+pub(crate) const OPENAPI_JSON: &str = include_str!("../../openapi.json");
 
 pub(super) const ROUTES: &[RouteDef] = &[RouteDef::new(
     worker::Method::Get,
