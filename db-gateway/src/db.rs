@@ -79,6 +79,24 @@ pub(crate) struct OpOutput {
     row_count: u64,
 }
 
+impl OpOutput {
+    /// Rows returned, or rows affected by a statement without result columns.
+    pub(crate) fn row_count(&self) -> u64 {
+        self.row_count
+    }
+
+    /// Column `name` of row `row`, for procedures that act on what a statement returned.
+    pub(crate) fn value(&self, row: usize, name: &str) -> Option<&Value> {
+        let index = self
+            .statement
+            .as_ref()?
+            .columns()
+            .iter()
+            .position(|column| column.name() == name)?;
+        self.rows.get(row)?.get(index)
+    }
+}
+
 impl Serialize for OpOutput {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut result = serializer.serialize_struct("OpResult", 2)?;
@@ -189,6 +207,23 @@ pub(crate) async fn run_single(
         .await
         .map_err(|error| ApiError::from_postgres(&error, op.name))?;
     Ok(output)
+}
+
+/// Runs one operation on a connection a procedure checked out itself, outside any transaction
+/// (a single statement is atomic on its own). Only statements with the default timeout may run
+/// this way, since changing it would need a transaction.
+pub(crate) async fn run_on_client(
+    client: &deadpool_postgres::Client,
+    op: &'static OpDef,
+    params: &[BoundParam<'_>],
+) -> Result<OpOutput, ApiError> {
+    if op.statement_timeout_ms != DEFAULT_STATEMENT_TIMEOUT_MS {
+        return Err(ApiError::Internal(format!(
+            "procedure statement `{}` needs the default statement timeout",
+            op.name
+        )));
+    }
+    run_op(&Conn::Plain(client), op, params).await
 }
 
 /// Runs every operation in order in one transaction; the first failure rolls everything back

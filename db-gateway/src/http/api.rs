@@ -4,6 +4,10 @@
 //! registry (404), check the key's scopes (403), bind parameters (400), and only then touch the
 //! pool. A batch is validated completely before its transaction starts, so a typo in the last
 //! operation costs no database work.
+//!
+//! Password parameters are hashed after validation and before the pool is touched (see
+//! `ops::password`), so no connection is held while a hash is computed. Procedures
+//! (`ops::ProcedureDef`) are answered by `/v1/op` only.
 
 use axum::body::Body;
 use axum::extract::State;
@@ -18,7 +22,8 @@ use super::auth::SignedBody;
 use super::observe::{OpLabel, RequestOutcome};
 use crate::error::ApiError;
 use crate::ops::OpDef;
-use crate::ops::params::bind;
+use crate::ops::params::{bind, bind_declared};
+use crate::ops::password::hash_new_passwords;
 use crate::{MAX_BATCH_OPS, db};
 
 /// Longest unknown operation name echoed back in an error.
@@ -46,11 +51,20 @@ async fn run_single(
     outcome: &mut RequestOutcome,
 ) -> Result<Vec<u8>, ApiError> {
     let call: OpCall = parse_body(&signed.body, "OpCall")?;
+    if let Some(procedure) = state.registry.procedure(&call.op) {
+        outcome.op = OpLabel::Single(procedure.name);
+        authorize(state, &signed.key_id, procedure.name)?;
+        let params = bind_declared(procedure.params, &call.params)
+            .map_err(|error| ApiError::InvalidParams(error.to_string()))?;
+        let output = (procedure.run)(&state.pool, &params).await?;
+        return to_json(&output);
+    }
     let op = resolve(state, &call.op)?;
     outcome.op = OpLabel::Single(op.name);
-    authorize(state, &signed.key_id, op)?;
-    let params =
+    authorize(state, &signed.key_id, op.name)?;
+    let mut params =
         bind(op, &call.params).map_err(|error| ApiError::InvalidParams(error.to_string()))?;
+    hash_new_passwords(&mut params).await?;
     let output = db::run_single(&state.pool, op, &params).await?;
     to_json(&output)
 }
@@ -74,14 +88,26 @@ async fn run_batch(
     }
     let mut calls = Vec::with_capacity(request.ops.len());
     for (index, call) in request.ops.iter().enumerate() {
+        if state.registry.is_procedure(&call.op) {
+            return Err(ApiError::BadRequest(format!(
+                "operation `{}` runs on its own, not in a batch",
+                call.op
+            ))
+            .at(index));
+        }
         let op = resolve(state, &call.op).map_err(|error| error.at(index))?;
         if let OpLabel::Batch(names) = &mut outcome.op {
             names.push(op.name);
         }
-        authorize(state, &signed.key_id, op).map_err(|error| error.at(index))?;
+        authorize(state, &signed.key_id, op.name).map_err(|error| error.at(index))?;
         let params = bind(op, &call.params)
             .map_err(|error| ApiError::InvalidParams(error.to_string()).at(index))?;
         calls.push((op, params));
+    }
+    for (index, (_, params)) in calls.iter_mut().enumerate() {
+        hash_new_passwords(params)
+            .await
+            .map_err(|error| error.at(index))?;
     }
     let output = db::run_batch(&state.pool, &calls).await?;
     to_json(&output)
@@ -94,11 +120,11 @@ fn resolve(state: &AppState, name: &str) -> Result<&'static OpDef, ApiError> {
     })
 }
 
-fn authorize(state: &AppState, key_id: &str, op: &'static OpDef) -> Result<(), ApiError> {
+fn authorize(state: &AppState, key_id: &str, op: &'static str) -> Result<(), ApiError> {
     let allowed = state
         .keys
         .get(key_id)
-        .is_some_and(|entry| entry.scopes.allows(op.name));
+        .is_some_and(|entry| entry.scopes.allows(op));
     if allowed {
         Ok(())
     } else {
@@ -107,7 +133,7 @@ fn authorize(state: &AppState, key_id: &str, op: &'static OpDef) -> Result<(), A
             .record_auth_failure(callmeback_gateway_api::codes::FORBIDDEN);
         Err(ApiError::Forbidden {
             key_id: key_id.to_owned(),
-            op: op.name,
+            op,
         })
     }
 }

@@ -1,5 +1,422 @@
-//! placeholder
+//! Accounts: registration, login, the caller's profile, logout and role changes, with their audit
+//! trail.
+//!
+//! Passwords are the reason this module is more than SQL. A new password arrives as a
+//! [`ParamType::NewPassword`] and is stored as its Argon2id hash (the plaintext is never bound).
+//! Login is the [`LOGIN`] procedure, because checking a password needs the stored hash, and the
+//! hash must never leave the gateway: the procedure loads it, verifies it in Rust, upgrades a
+//! legacy bcrypt hash (or an Argon2id hash with outdated parameters) on the same successful
+//! login, and answers with the user row. Every failure, whether unknown email, wrong password or
+//! deactivated account, is the same `precondition_failed` with one message, after the same work
+//! (an unknown email is verified against a dummy hash), and it leaves a `login_failure` row in
+//! `audit_log` that names the account (never the email) when there is one.
+//!
+//! Registration is a batch the Worker sends: [`CREATE_USER`], [`CREATE_CREDITS`],
+//! [`CREATE_BUDGET_SETTINGS`] and an [`AUDIT`] row, all or nothing. The tier limits and budget
+//! defaults come from the Worker (callmeback-domain is their one source), not from column
+//! defaults here.
 
-use super::OpDef;
+use serde_json::Value;
 
-pub static OPS: &[OpDef] = &[];
+use super::params::{BoundParam, Plaintext};
+use super::password::{self, Verdict};
+use super::{
+    DEFAULT_STATEMENT_TIMEOUT_MS, Expect, Mode, OpDef, Param, ParamType, ProcedureDef,
+    ProcedureFuture,
+};
+use crate::db::{self, OpOutput};
+use crate::error::ApiError;
+
+/// Operation: insert a user; `password` is a [`ParamType::NewPassword`] (stored as Argon2id).
+pub const CREATE_USER: &str = "accounts.create_user";
+/// Operation: a new user's `user_credits` row with their tier's limits.
+pub const CREATE_CREDITS: &str = "accounts.create_credits";
+/// Operation: a new user's `user_budget_settings` row.
+pub const CREATE_BUDGET_SETTINGS: &str = "accounts.create_budget_settings";
+/// Operation: one security event in `audit_log` (never secrets in `details`).
+pub const AUDIT: &str = "accounts.audit";
+/// Operation: a user's profile and credit summary.
+pub const GET_USER: &str = "accounts.get_user";
+/// Operation: revoke a session token (its `jti`) until it expires.
+pub const REVOKE_TOKEN: &str = "accounts.revoke_token";
+/// Operation: change a user's role, recording `role_change` in the same statement.
+pub const SET_ROLE: &str = "accounts.set_role";
+/// Procedure: verify an email and password; see the module docs.
+pub const LOGIN: &str = "accounts.login";
+
+/// The one answer for every failed login.
+pub const INVALID_CREDENTIALS: &str = "invalid email or password";
+
+pub static OPS: &[OpDef] = &[
+    OpDef {
+        name: CREATE_USER,
+        sql: "INSERT INTO users (id, email, password_hash, name, phone) \
+              VALUES ($1, lower($2), $3, $4, $5) \
+              RETURNING id, email, name, phone, role, created_at, last_login_at",
+        params: &[
+            Param::required("id", ParamType::Text),
+            Param::required("email", ParamType::Text),
+            Param::required("password", ParamType::NewPassword),
+            Param::optional("name", ParamType::Text),
+            Param::optional("phone", ParamType::Text),
+        ],
+        mode: Mode::Write,
+        expect: Expect::Any,
+        statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
+    },
+    OpDef {
+        name: CREATE_CREDITS,
+        sql: "INSERT INTO user_credits (user_id, subscription_tier, monthly_credit_allowance, \
+                  max_calls_per_day, max_call_duration_seconds) \
+              VALUES ($1, $2, $3, $4, $5) \
+              RETURNING user_id, available_credits, subscription_tier, monthly_credit_allowance, \
+                  max_calls_per_day, max_call_duration_seconds",
+        params: &[
+            Param::required("user_id", ParamType::Text),
+            Param::required("tier", ParamType::Text),
+            Param::required("monthly_credit_allowance", ParamType::Int4),
+            // NULL: no daily limit.
+            Param::optional("max_calls_per_day", ParamType::Int4),
+            Param::required("max_call_duration_seconds", ParamType::Int4),
+        ],
+        mode: Mode::Write,
+        expect: Expect::Any,
+        statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
+    },
+    OpDef {
+        name: CREATE_BUDGET_SETTINGS,
+        sql: "INSERT INTO user_budget_settings (user_id, max_cost_per_call_cents, \
+                  max_monthly_spend_cents, warn_at_percent_per_call, enable_auto_cutoff) \
+              VALUES ($1, $2, $3, $4, $5) \
+              RETURNING user_id, max_cost_per_call_cents, max_monthly_spend_cents, \
+                  warn_at_percent_per_call, enable_auto_cutoff",
+        params: &[
+            Param::required("user_id", ParamType::Text),
+            Param::required("max_cost_per_call_cents", ParamType::Int4),
+            Param::required("max_monthly_spend_cents", ParamType::Int4),
+            Param::required("warn_at_percent_per_call", ParamType::Int4),
+            Param::required("enable_auto_cutoff", ParamType::Bool),
+        ],
+        mode: Mode::Write,
+        expect: Expect::Any,
+        statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
+    },
+    OpDef {
+        name: AUDIT,
+        sql: "INSERT INTO audit_log (event_type, user_id, ip, details) \
+              VALUES ($1, $2, $3, COALESCE($4, '{}'::jsonb)) RETURNING id",
+        params: &[
+            Param::required("event_type", ParamType::Text),
+            Param::optional("user_id", ParamType::Text),
+            Param::optional("ip", ParamType::Text),
+            Param::optional("details", ParamType::Jsonb),
+        ],
+        mode: Mode::Write,
+        expect: Expect::Any,
+        statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
+    },
+    OpDef {
+        name: GET_USER,
+        sql: "SELECT u.id, u.email, u.name, u.phone, u.role, u.created_at, u.last_login_at, \
+                  c.subscription_tier, c.available_credits \
+              FROM users u LEFT JOIN user_credits c ON c.user_id = u.id WHERE u.id = $1",
+        params: &[Param::required("user_id", ParamType::Text)],
+        mode: Mode::Read,
+        expect: Expect::One {
+            message: "user not found",
+        },
+        statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
+    },
+    OpDef {
+        name: REVOKE_TOKEN,
+        // Revoking twice is harmless; the first revocation's expiry stands.
+        sql: "INSERT INTO token_blacklist (token_id, user_id, expires_at) \
+              VALUES ($1, $2, to_timestamp($3::int8)) ON CONFLICT (token_id) DO NOTHING",
+        params: &[
+            Param::required("jti", ParamType::Text),
+            Param::required("user_id", ParamType::Text),
+            // The token's `exp` in unix seconds: after it the row is useless.
+            Param::required("expires_at_unix", ParamType::Int8),
+        ],
+        mode: Mode::Write,
+        expect: Expect::Any,
+        statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
+    },
+    OpDef {
+        name: SET_ROLE,
+        // The row lock makes `previous_role` exact under concurrent changes; the audit row is
+        // part of the same statement, so a role never changes unrecorded. A no-op change is not
+        // an event.
+        sql: "WITH target AS (SELECT id, role AS previous_role FROM users WHERE id = $1 FOR UPDATE), \
+             changed AS (UPDATE users u SET role = $2 FROM target t WHERE u.id = t.id \
+                 RETURNING u.id, u.email, u.name, u.phone, u.role, u.created_at, u.last_login_at, \
+                     t.previous_role), \
+             audited AS (INSERT INTO audit_log (event_type, user_id, ip, details) \
+                 SELECT 'role_change', c.id, $4::text, jsonb_build_object( \
+                     'actor_user_id', $3::text, 'from', c.previous_role, 'to', c.role) \
+                 FROM changed c WHERE c.previous_role IS DISTINCT FROM c.role) \
+             SELECT id, email, name, phone, role, created_at, last_login_at, previous_role \
+             FROM changed",
+        params: &[
+            Param::required("user_id", ParamType::Text),
+            Param::required("role", ParamType::Text),
+            Param::required("actor_user_id", ParamType::Text),
+            Param::optional("ip", ParamType::Text),
+        ],
+        mode: Mode::Write,
+        expect: Expect::One {
+            message: "user not found",
+        },
+        statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
+    },
+];
+
+pub(crate) static PROCEDURES: &[ProcedureDef] = &[ProcedureDef {
+    name: LOGIN,
+    params: &[
+        // Any string: the policy for new passwords must not lock out existing ones, and a
+        // malformed email is simply an unknown account.
+        Param::required("email", ParamType::Text),
+        Param::required("password", ParamType::Password),
+        Param::optional("ip", ParamType::Text),
+    ],
+    statements: LOGIN_STATEMENTS,
+    run: login,
+}];
+
+static LOGIN_STATEMENTS: &[OpDef] = &[LOGIN_LOAD, LOGIN_SUCCEED, LOGIN_FAIL];
+
+/// The stored hash; it never leaves the gateway.
+const LOGIN_LOAD: OpDef = OpDef {
+    name: "accounts.login_load",
+    sql: "SELECT id, password_hash, is_active FROM users WHERE email = lower(btrim($1))",
+    params: &[Param::required("email", ParamType::Text)],
+    mode: Mode::Read,
+    expect: Expect::Any,
+    statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
+};
+
+/// Stamps the login, swaps in an upgraded hash and writes the audit rows, in one statement. The
+/// `password_hash = $2` guard makes it a no-op if the hash changed since it was verified (or the
+/// account was deactivated meanwhile); the procedure then treats the login as failed.
+const LOGIN_SUCCEED: OpDef = OpDef {
+    name: "accounts.login_succeed",
+    sql: "WITH account AS ( \
+             UPDATE users SET last_login_at = now(), \
+                 password_hash = COALESCE($3::text, password_hash) \
+             WHERE id = $1 AND password_hash = $2 AND is_active \
+             RETURNING id, email, name, phone, role, created_at, last_login_at), \
+         success AS (INSERT INTO audit_log (event_type, user_id, ip) \
+             SELECT 'login_success', id, $4::text FROM account), \
+         upgrade AS (INSERT INTO audit_log (event_type, user_id, ip, details) \
+             SELECT 'password_upgrade', id, $4::text, \
+                 jsonb_build_object('from', $5::text, 'to', 'argon2id') \
+             FROM account WHERE $3::text IS NOT NULL) \
+         SELECT id, email, name, phone, role, created_at, last_login_at, \
+             $3::text IS NOT NULL AS password_upgraded \
+         FROM account",
+    params: &[
+        Param::required("user_id", ParamType::Text),
+        Param::required("verified_hash", ParamType::Text),
+        Param::optional("new_hash", ParamType::Text),
+        Param::optional("ip", ParamType::Text),
+        Param::optional("upgraded_from", ParamType::Text),
+    ],
+    mode: Mode::Write,
+    expect: Expect::Any,
+    statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
+};
+
+/// A failed login: the account when there is one (never the email), the address, and why.
+const LOGIN_FAIL: OpDef = OpDef {
+    name: "accounts.login_fail",
+    sql: "INSERT INTO audit_log (event_type, user_id, ip, details) \
+          VALUES ('login_failure', $1, $2, jsonb_build_object('reason', $3::text))",
+    params: &[
+        Param::optional("user_id", ParamType::Text),
+        Param::optional("ip", ParamType::Text),
+        Param::required("reason", ParamType::Text),
+    ],
+    mode: Mode::Write,
+    expect: Expect::Any,
+    statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
+};
+
+/// Why a login failed, for the audit log only (the client always hears [`INVALID_CREDENTIALS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailureReason {
+    UnknownAccount,
+    WrongPassword,
+    InactiveAccount,
+    /// The hash changed (or the account was deactivated) between verification and update.
+    ChangedConcurrently,
+}
+
+impl FailureReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::UnknownAccount => "unknown_account",
+            Self::WrongPassword => "wrong_password",
+            Self::InactiveAccount => "inactive_account",
+            Self::ChangedConcurrently => "changed_concurrently",
+        }
+    }
+}
+
+/// What the login needs from the `users` row.
+struct StoredAccount {
+    id: String,
+    password_hash: String,
+    is_active: bool,
+}
+
+fn login<'a>(
+    pool: &'a deadpool_postgres::Pool,
+    params: &'a [BoundParam<'a>],
+) -> ProcedureFuture<'a> {
+    Box::pin(run_login(pool, params))
+}
+
+async fn run_login(
+    pool: &deadpool_postgres::Pool,
+    params: &[BoundParam<'_>],
+) -> Result<OpOutput, ApiError> {
+    let (email, password, ip) = match params {
+        [BoundParam::Text(email), BoundParam::Password(password), ip] => {
+            (*email, *password, optional_text(ip))
+        }
+        _ => {
+            return Err(ApiError::Internal(format!(
+                "procedure `{LOGIN}` received parameters of unexpected types"
+            )));
+        }
+    };
+
+    // The connection goes back to the pool before the CPU-heavy verification.
+    let account = {
+        let client = db::checkout(pool).await?;
+        let found = db::run_on_client(&client, &LOGIN_LOAD, &[BoundParam::Text(email)]).await?;
+        stored_account(&found)?
+    };
+    let verdict = verify(password, account.as_ref()).await?;
+
+    let client = db::checkout(pool).await?;
+    let reason = match (&account, verdict) {
+        (None, _) => FailureReason::UnknownAccount,
+        (Some(_), Verdict::Mismatch) => FailureReason::WrongPassword,
+        (Some(account), Verdict::Match { .. }) if !account.is_active => {
+            FailureReason::InactiveAccount
+        }
+        (Some(account), Verdict::Match { upgrade }) => {
+            let (from, new_hash) = match upgrade {
+                Some((scheme, hash)) => (Some(scheme.as_str()), Some(hash)),
+                None => (None, None),
+            };
+            let succeeded = db::run_on_client(
+                &client,
+                &LOGIN_SUCCEED,
+                &[
+                    BoundParam::Text(&account.id),
+                    BoundParam::Text(&account.password_hash),
+                    new_hash.map_or(BoundParam::Null, BoundParam::PasswordHash),
+                    text_or_null(ip),
+                    text_or_null(from),
+                ],
+            )
+            .await?;
+            if succeeded.row_count() == 1 {
+                return Ok(succeeded);
+            }
+            FailureReason::ChangedConcurrently
+        }
+    };
+    db::run_on_client(
+        &client,
+        &LOGIN_FAIL,
+        &[
+            text_or_null(account.as_ref().map(|account| account.id.as_str())),
+            text_or_null(ip),
+            BoundParam::Text(reason.as_str()),
+        ],
+    )
+    .await?;
+    Err(ApiError::PreconditionFailed(INVALID_CREDENTIALS))
+}
+
+async fn verify(
+    password: Plaintext<'_>,
+    account: Option<&StoredAccount>,
+) -> Result<Verdict, ApiError> {
+    password::verify_on_worker_thread(
+        password.expose().to_owned(),
+        account.map(|account| account.password_hash.clone()),
+    )
+    .await
+}
+
+fn stored_account(found: &OpOutput) -> Result<Option<StoredAccount>, ApiError> {
+    if found.row_count() == 0 {
+        return Ok(None);
+    }
+    let text = |column: &str| match found.value(0, column) {
+        Some(Value::String(text)) => Ok(text.clone()),
+        _ => Err(ApiError::Internal(format!(
+            "`{}` returned no text `{column}`",
+            LOGIN_LOAD.name
+        ))),
+    };
+    Ok(Some(StoredAccount {
+        id: text("id")?,
+        password_hash: text("password_hash")?,
+        is_active: matches!(found.value(0, "is_active"), Some(Value::Bool(true))),
+    }))
+}
+
+fn optional_text<'a>(param: &BoundParam<'a>) -> Option<&'a str> {
+    match param {
+        BoundParam::Text(text) => Some(text),
+        _ => None,
+    }
+}
+
+fn text_or_null(value: Option<&str>) -> BoundParam<'_> {
+    value.map_or(BoundParam::Null, BoundParam::Text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::Registry;
+
+    #[test]
+    fn login_is_a_procedure_and_its_statements_are_not_callable() {
+        let registry = Registry::production(false).expect("production registry is valid");
+        assert!(registry.is_procedure(LOGIN));
+        assert!(registry.get(LOGIN).is_none());
+        for statement in LOGIN_STATEMENTS {
+            assert!(
+                registry.get(statement.name).is_none() && !registry.is_procedure(statement.name),
+                "{} must not be callable: it returns a password hash",
+                statement.name
+            );
+        }
+        for name in [
+            CREATE_USER,
+            CREATE_CREDITS,
+            CREATE_BUDGET_SETTINGS,
+            AUDIT,
+            GET_USER,
+            REVOKE_TOKEN,
+            SET_ROLE,
+        ] {
+            assert!(registry.get(name).is_some(), "{name} is registered");
+        }
+    }
+
+    #[test]
+    fn create_user_takes_a_new_password_never_a_hash() {
+        let create = OPS.iter().find(|op| op.name == CREATE_USER).unwrap();
+        let password = create.params.iter().find(|p| p.name == "password").unwrap();
+        assert_eq!(password.ty, ParamType::NewPassword);
+    }
+}

@@ -31,18 +31,33 @@
 //! statement, or a result column the wire format cannot carry stops the gateway before it serves.
 //!
 //! The operation's name is also its scope: a key with scope `credits.*` may call it.
+//!
+//! # Passwords and procedures
+//! Password hashing is CPU- and memory-hard by design, so it runs here (natively, on a bounded
+//! pool of blocking threads; see [`password`]) and never in the Worker. Two additions keep the
+//! "no SQL on the wire" rule while doing so:
+//! - a [`ParamType::NewPassword`] parameter arrives as plaintext and is replaced by its Argon2id
+//!   hash before the statement runs, so an operation such as `accounts.create_user` stores a hash
+//!   without the plaintext ever being bound;
+//! - a [`ProcedureDef`] is an operation implemented in Rust around fixed, registered statements,
+//!   for work SQL cannot do, such as `accounts.login` (load the hash, verify it, upgrade a legacy
+//!   bcrypt hash). Procedures are called by name like operations but run on their own, never in a
+//!   batch, and their statements are prepared at startup like every other operation's.
 
 pub mod accounts;
 pub mod auth;
 pub mod bench;
 pub mod billing;
-pub mod personas;
 pub(crate) mod encode;
 pub(crate) mod params;
+pub mod password;
+pub mod personas;
 pub mod system;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 
 use tokio_postgres::types::Type;
 
@@ -72,13 +87,21 @@ pub enum ParamType {
     Jsonb,
     /// JSON array of strings (or nulls), bound as `text[]`.
     TextArray,
+    /// A new password in plaintext (1 to 1024 bytes); the gateway binds its Argon2id PHC string
+    /// (`$argon2id$…`) as `text` instead. The plaintext is never bound, stored or logged.
+    NewPassword,
+    /// A password to verify, in plaintext. Only procedures may declare it (they verify it in
+    /// Rust); it is never bound to SQL, and the registry refuses it in an [`OpDef`].
+    Password,
 }
 
 impl ParamType {
     /// The Postgres type the statement must infer for this parameter.
     pub(crate) fn pg_type(self) -> Type {
         match self {
-            ParamType::Text | ParamType::Numeric => Type::TEXT,
+            ParamType::Text | ParamType::Numeric | ParamType::NewPassword | ParamType::Password => {
+                Type::TEXT
+            }
             ParamType::Int4 => Type::INT4,
             ParamType::Int8 => Type::INT8,
             ParamType::Bool => Type::BOOL,
@@ -99,6 +122,7 @@ impl ParamType {
             ParamType::Timestamptz => "an RFC 3339 timestamp string with offset",
             ParamType::Jsonb => "a JSON value",
             ParamType::TextArray => "an array of strings",
+            ParamType::NewPassword | ParamType::Password => "a password of 1 to 1024 bytes",
         }
     }
 }
@@ -164,6 +188,38 @@ pub struct OpDef {
     pub statement_timeout_ms: u32,
 }
 
+/// What a procedure's future resolves to: its result, encoded like any operation's.
+pub(crate) type ProcedureFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<crate::db::OpOutput, crate::error::ApiError>> + Send + 'a>>;
+
+/// The body of a procedure: the pool (it checks connections out itself, so it can give one back
+/// while it hashes) and its bound parameters in declaration order.
+pub(crate) type ProcedureFn =
+    for<'a> fn(&'a deadpool_postgres::Pool, &'a [params::BoundParam<'a>]) -> ProcedureFuture<'a>;
+
+/// An operation implemented in Rust around fixed statements. Its scope is its name, like an
+/// [`OpDef`]'s. It runs alone (a batch refuses it), because it may commit work of its own (an
+/// audit row for a failed login) and still answer with an error.
+#[derive(Clone, Copy)]
+pub(crate) struct ProcedureDef {
+    pub(crate) name: &'static str,
+    pub(crate) params: &'static [Param],
+    /// Every statement `run` executes. They are prepared and checked at startup like registered
+    /// operations, but are not callable by name (they may return what must not leave the
+    /// gateway, such as a password hash).
+    pub(crate) statements: &'static [OpDef],
+    pub(crate) run: ProcedureFn,
+}
+
+impl fmt::Debug for ProcedureDef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcedureDef")
+            .field("name", &self.name)
+            .field("params", &self.params)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Why a registry could not be built or does not match the database.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -204,19 +260,32 @@ pub enum RegistryError {
     },
     #[error("operation `{op}` returns column `{column}` twice")]
     DuplicateColumn { op: &'static str, column: String },
+    #[error(
+        "operation `{op}` declares parameter `{param}` as a plaintext Password, which only procedures may read"
+    )]
+    PlaintextParam {
+        op: &'static str,
+        param: &'static str,
+    },
 }
 
 /// All operations the gateway serves, by name.
 #[derive(Clone, Default)]
 pub struct Registry {
     ops: HashMap<&'static str, &'static OpDef>,
+    procedures: HashMap<&'static str, &'static ProcedureDef>,
 }
 
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut names: Vec<_> = self.ops.keys().collect();
         names.sort();
-        f.debug_struct("Registry").field("ops", &names).finish()
+        let mut procedures: Vec<_> = self.procedures.keys().collect();
+        procedures.sort();
+        f.debug_struct("Registry")
+            .field("ops", &names)
+            .field("procedures", &procedures)
+            .finish()
     }
 }
 
@@ -233,6 +302,7 @@ impl Registry {
             .with(system::OPS)?
             .with(auth::OPS)?
             .with(accounts::OPS)?
+            .with_procedures(accounts::PROCEDURES)?
             .with(personas::OPS)?
             .with(billing::OPS)?;
         if bench_ops {
@@ -246,8 +316,31 @@ impl Registry {
     pub fn with(mut self, ops: &'static [OpDef]) -> Result<Self, RegistryError> {
         for op in ops {
             validate_definition(op)?;
-            if self.ops.insert(op.name, op).is_some() {
+            if self.procedures.contains_key(op.name) || self.ops.insert(op.name, op).is_some() {
                 return Err(RegistryError::Duplicate(op.name));
+            }
+        }
+        Ok(self)
+    }
+
+    /// Adds a group of procedures. Their statements are checked like operations but not
+    /// registered under their names.
+    pub(crate) fn with_procedures(
+        mut self,
+        procedures: &'static [ProcedureDef],
+    ) -> Result<Self, RegistryError> {
+        for procedure in procedures {
+            if !is_valid_op_name(procedure.name) {
+                return Err(RegistryError::BadName(procedure.name));
+            }
+            check_unique_params(procedure.name, procedure.params)?;
+            for statement in procedure.statements {
+                validate_definition(statement)?;
+            }
+            if self.ops.contains_key(procedure.name)
+                || self.procedures.insert(procedure.name, procedure).is_some()
+            {
+                return Err(RegistryError::Duplicate(procedure.name));
             }
         }
         Ok(self)
@@ -257,12 +350,22 @@ impl Registry {
         self.ops.get(name).copied()
     }
 
+    pub(crate) fn procedure(&self, name: &str) -> Option<&'static ProcedureDef> {
+        self.procedures.get(name).copied()
+    }
+
+    /// Whether `name` is a procedure (callable alone, not in a batch).
+    pub fn is_procedure(&self, name: &str) -> bool {
+        self.procedures.contains_key(name)
+    }
+
+    /// Callable names: operations plus procedures.
     pub fn len(&self) -> usize {
-        self.ops.len()
+        self.ops.len() + self.procedures.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
+        self.ops.is_empty() && self.procedures.is_empty()
     }
 
     /// Operations in name order.
@@ -272,16 +375,21 @@ impl Registry {
         ops.into_iter()
     }
 
-    /// Prepares every operation accepted by `include` and checks that the declared parameter
-    /// types match what Postgres infers and that every result column is encodable. Run once at
-    /// startup against the migrated schema; the statements are not cached (pooled connections
-    /// prepare their own on first use).
+    /// Prepares every operation (and every procedure's statement) accepted by `include` and
+    /// checks that the declared parameter types match what Postgres infers and that every result
+    /// column is encodable. Run once at startup against the migrated schema; the statements are
+    /// not cached (pooled connections prepare their own on first use).
     pub async fn verify(
         &self,
         client: &tokio_postgres::Client,
         include: impl Fn(&OpDef) -> bool,
     ) -> Result<(), RegistryError> {
-        for op in self.iter().filter(|op| include(op)) {
+        let mut procedures: Vec<_> = self.procedures.values().copied().collect();
+        procedures.sort_by_key(|procedure| procedure.name);
+        let statements = procedures
+            .into_iter()
+            .flat_map(|procedure| procedure.statements.iter());
+        for op in self.iter().chain(statements).filter(|op| include(op)) {
             let statement =
                 client
                     .prepare(op.sql)
@@ -353,13 +461,24 @@ fn validate_definition(op: &'static OpDef) -> Result<(), RegistryError> {
     if !is_valid_op_name(op.name) {
         return Err(RegistryError::BadName(op.name));
     }
-    for (index, param) in op.params.iter().enumerate() {
-        if op.params[..index]
+    check_unique_params(op.name, op.params)?;
+    if let Some(param) = op.params.iter().find(|p| p.ty == ParamType::Password) {
+        return Err(RegistryError::PlaintextParam {
+            op: op.name,
+            param: param.name,
+        });
+    }
+    Ok(())
+}
+
+fn check_unique_params(op: &'static str, params: &'static [Param]) -> Result<(), RegistryError> {
+    for (index, param) in params.iter().enumerate() {
+        if params[..index]
             .iter()
             .any(|earlier| earlier.name == param.name)
         {
             return Err(RegistryError::DuplicateParam {
-                op: op.name,
+                op,
                 param: param.name,
             });
         }
@@ -409,6 +528,73 @@ mod tests {
         ],
         ..GOOD[0]
     }];
+
+    static READS_PLAINTEXT: &[OpDef] = &[OpDef {
+        name: "things.check_password",
+        params: &[Param::required("password", ParamType::Password)],
+        ..GOOD[0]
+    }];
+
+    fn no_op<'a>(
+        _: &'a deadpool_postgres::Pool,
+        _: &'a [params::BoundParam<'a>],
+    ) -> ProcedureFuture<'a> {
+        Box::pin(async { Err(crate::error::ApiError::NotFound) })
+    }
+
+    static CLASHING_PROCEDURE: &[ProcedureDef] = &[ProcedureDef {
+        name: "things.get",
+        params: &[],
+        statements: &[],
+        run: no_op,
+    }];
+
+    static PROCEDURE_WITH_BAD_STATEMENT: &[ProcedureDef] = &[ProcedureDef {
+        name: "things.verify",
+        params: &[Param::required("password", ParamType::Password)],
+        statements: &[OpDef {
+            name: "things.verify_load",
+            params: &[Param::required("password", ParamType::Password)],
+            ..GOOD[0]
+        }],
+        run: no_op,
+    }];
+
+    #[test]
+    fn plaintext_passwords_are_for_procedures_only() {
+        assert!(matches!(
+            Registry::new().with(READS_PLAINTEXT),
+            Err(RegistryError::PlaintextParam {
+                param: "password",
+                ..
+            })
+        ));
+        assert!(matches!(
+            Registry::new().with_procedures(PROCEDURE_WITH_BAD_STATEMENT),
+            Err(RegistryError::PlaintextParam {
+                op: "things.verify_load",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn procedures_and_operations_share_one_namespace() {
+        let registry = Registry::new().with(GOOD).expect("valid group");
+        assert!(matches!(
+            registry.clone().with_procedures(CLASHING_PROCEDURE),
+            Err(RegistryError::Duplicate("things.get"))
+        ));
+        let with_procedure = Registry::new()
+            .with_procedures(CLASHING_PROCEDURE)
+            .expect("valid procedure");
+        assert!(with_procedure.is_procedure("things.get"));
+        assert_eq!(with_procedure.len(), 1);
+        assert!(matches!(
+            with_procedure.with(GOOD),
+            Err(RegistryError::Duplicate("things.get"))
+        ));
+    }
 
     #[test]
     fn op_names_need_a_domain_and_an_action() {

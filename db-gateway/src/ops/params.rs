@@ -11,7 +11,34 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use tokio_postgres::types::{IsNull, ToSql, Type};
 
-use super::{OpDef, ParamType};
+use super::{OpDef, Param, ParamType};
+
+/// Longest password (in bytes) the gateway hashes or verifies. The Worker's policy is far
+/// stricter (10 to 128 characters); this bound only caps the work one request can ask for.
+pub(crate) const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// A plaintext password on its way to the hasher. `Debug` never shows it, so a `{:?}` of the
+/// bound parameters cannot leak it into a log.
+#[derive(Clone, Copy)]
+pub(crate) struct Plaintext<'a>(&'a str);
+
+impl<'a> Plaintext<'a> {
+    /// The password itself, for the hasher and verifier only.
+    pub(crate) fn expose(self) -> &'a str {
+        self.0
+    }
+
+    #[cfg(test)]
+    pub(crate) fn for_test(text: &'a str) -> Self {
+        Self(text)
+    }
+}
+
+impl std::fmt::Debug for Plaintext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Plaintext(<redacted>)")
+    }
+}
 
 /// A parameter ready to bind. `to_sql_checked` delegates to the inner type's own check, so a
 /// registry entry whose declared type disagrees with the statement fails instead of sending
@@ -26,7 +53,17 @@ pub(crate) enum BoundParam<'a> {
     Timestamptz(DateTime<Utc>),
     Jsonb(&'a Value),
     TextArray(Vec<Option<&'a str>>),
+    /// A [`ParamType::NewPassword`] before hashing; binding it is an error, so plaintext can
+    /// never reach the database even if the hashing step were skipped.
+    NewPassword(Plaintext<'a>),
+    /// A [`ParamType::Password`]: read by procedures, never bound.
+    Password(Plaintext<'a>),
+    /// The Argon2id PHC string that replaced a `NewPassword`, bound as `text`.
+    PasswordHash(String),
 }
+
+/// Why a plaintext variant refused to be bound.
+const PLAINTEXT_REFUSED: &str = "a plaintext password is never bound to SQL";
 
 impl ToSql for BoundParam<'_> {
     fn to_sql(
@@ -43,6 +80,8 @@ impl ToSql for BoundParam<'_> {
             BoundParam::Timestamptz(v) => v.to_sql(ty, out),
             BoundParam::Jsonb(v) => v.to_sql(ty, out),
             BoundParam::TextArray(v) => v.to_sql(ty, out),
+            BoundParam::NewPassword(_) | BoundParam::Password(_) => Err(PLAINTEXT_REFUSED.into()),
+            BoundParam::PasswordHash(v) => v.to_sql(ty, out),
         }
     }
 
@@ -65,6 +104,8 @@ impl ToSql for BoundParam<'_> {
             BoundParam::Timestamptz(v) => v.to_sql_checked(ty, out),
             BoundParam::Jsonb(v) => v.to_sql_checked(ty, out),
             BoundParam::TextArray(v) => v.to_sql_checked(ty, out),
+            BoundParam::NewPassword(_) | BoundParam::Password(_) => Err(PLAINTEXT_REFUSED.into()),
+            BoundParam::PasswordHash(v) => v.to_sql_checked(ty, out),
         }
     }
 }
@@ -91,9 +132,17 @@ pub(crate) fn bind<'a>(
     op: &OpDef,
     params: &'a Map<String, Value>,
 ) -> Result<Vec<BoundParam<'a>>, ParamError> {
-    let mut bound = Vec::with_capacity(op.params.len());
+    bind_declared(op.params, params)
+}
+
+/// [`bind`] against a bare parameter list (procedures declare parameters without an `OpDef`).
+pub(crate) fn bind_declared<'a>(
+    declared_params: &[Param],
+    params: &'a Map<String, Value>,
+) -> Result<Vec<BoundParam<'a>>, ParamError> {
+    let mut bound = Vec::with_capacity(declared_params.len());
     let mut matched = 0;
-    for declared in op.params {
+    for declared in declared_params {
         let value = params.get(declared.name);
         if value.is_some() {
             matched += 1;
@@ -115,7 +164,7 @@ pub(crate) fn bind<'a>(
         let unknown = params
             .keys()
             .find(|name| {
-                !op.params
+                !declared_params
                     .iter()
                     .any(|declared| declared.name == name.as_str())
             })
@@ -167,7 +216,14 @@ fn convert(ty: ParamType, value: &Value) -> Option<BoundParam<'_>> {
                 })
                 .collect::<Option<Vec<_>>>()?,
         ),
+        ParamType::NewPassword => BoundParam::NewPassword(password_text(value)?),
+        ParamType::Password => BoundParam::Password(password_text(value)?),
     })
+}
+
+fn password_text(value: &Value) -> Option<Plaintext<'_>> {
+    let text = value.as_str()?;
+    (!text.is_empty() && text.len() <= MAX_PASSWORD_BYTES).then_some(Plaintext(text))
 }
 
 /// `-?[0-9]+`: what `"9007199254740993"` looks like; no signs, spaces or exponents beyond that.
@@ -334,6 +390,57 @@ mod tests {
         let message = bind(&EVERY_TYPE, &input).unwrap_err().to_string();
         assert!(message.contains("`t`"));
         assert!(!message.contains("12345"));
+    }
+
+    static PASSWORDS: OpDef = OpDef {
+        name: "test.passwords",
+        sql: "",
+        params: &[
+            Param::required("new", ParamType::NewPassword),
+            Param::required("attempt", ParamType::Password),
+        ],
+        mode: Mode::Write,
+        expect: Expect::Any,
+        statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
+    };
+
+    #[test]
+    fn passwords_bind_as_redacted_plaintext_that_refuses_to_reach_sql() {
+        let input = params(json!({"new": "hunter2hunter2", "attempt": "swordfish!!"}));
+        let bound = bind(&PASSWORDS, &input).expect("passwords bind");
+        let debug = format!("{bound:?}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("swordfish"),
+            "{debug}"
+        );
+        for param in &bound {
+            let mut out = BytesMut::new();
+            assert!(param.to_sql_checked(&Type::TEXT, &mut out).is_err());
+            assert!(out.is_empty(), "nothing was written");
+        }
+        let mut out = BytesMut::new();
+        assert!(
+            BoundParam::PasswordHash("$argon2id$x".to_owned())
+                .to_sql_checked(&Type::TEXT, &mut out)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn passwords_must_be_non_empty_bounded_strings() {
+        for bad in [
+            json!(""),
+            json!("x".repeat(MAX_PASSWORD_BYTES + 1)),
+            json!(12345678901u64),
+        ] {
+            let input = params(json!({"new": bad, "attempt": "fine"}));
+            assert!(matches!(
+                bind(&PASSWORDS, &input),
+                Err(ParamError::WrongType { name: "new", .. })
+            ));
+        }
+        let input = params(json!({"new": "x".repeat(MAX_PASSWORD_BYTES), "attempt": "fine"}));
+        assert!(bind(&PASSWORDS, &input).is_ok());
     }
 
     #[test]

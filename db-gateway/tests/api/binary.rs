@@ -11,9 +11,7 @@ use db_gateway::keys::KeyRing;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader};
 use tokio::process::Command;
 
-use crate::helpers::{
-    TempDir, TestDatabase, fresh_nonce, random_secret, unix_now, write_file,
-};
+use crate::helpers::{TempDir, TestDatabase, fresh_nonce, random_secret, unix_now, write_file};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_db-gateway");
 

@@ -200,6 +200,7 @@ pub(crate) async fn spawn_app() -> TestApp {
 pub(crate) async fn spawn_app_with(options: TestOptions) -> TestApp {
     init_test_logging();
     let database = TestDatabase::create().await;
+    apply_project_schema(&database).await;
     let dir = TempDir::new();
     let migrations = dir.path().join("migrations");
     write_file(&migrations.join("001_test_items.sql"), FIXTURE_MIGRATION);
@@ -256,6 +257,36 @@ pub(crate) async fn spawn_app_with(options: TestOptions) -> TestApp {
         _dir: dir,
         shutdown: Some(shutdown),
         server: Some(server),
+    }
+}
+
+/// The project's schema and seed data (`migrations/NNN_*.sql`), applied with plain SQL rather
+/// than the migrator: production operations are prepared at startup and need the real tables,
+/// while `schema_migrations` keeps recording only the fixture migration the tests expect.
+async fn apply_project_schema(database: &TestDatabase) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("the project's migrations directory exists")
+        .map(|entry| entry.expect("readable directory entry").path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| {
+                    name.ends_with(".sql")
+                        && name.len() > 4
+                        && name.as_bytes()[..3].iter().all(u8::is_ascii_digit)
+                        && name.as_bytes()[3] == b'_'
+                })
+        })
+        .collect();
+    files.sort();
+    let client = database.client().await;
+    for file in files {
+        let sql = std::fs::read_to_string(&file).expect("migration readable");
+        client
+            .batch_execute(&sql)
+            .await
+            .unwrap_or_else(|error| panic!("{} does not apply: {error}", file.display()));
     }
 }
 

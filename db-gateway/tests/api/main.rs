@@ -2,11 +2,14 @@
 //!
 //! One test binary (faster to build than one per file), one module per area.
 
+mod accounts_ops;
 mod admin;
 mod auth;
 mod batch;
+mod billing_ops;
 mod binary;
 mod helpers;
 mod lifecycle;
 mod migrations;
 mod ops;
+mod personas_ops;

@@ -64,6 +64,8 @@ pub struct Stack {
     pub key_secret: Vec<u8>,
     /// The Stripe webhook signing secret the Worker accepts (tests sign events with it).
     pub stripe_webhook_secret: String,
+    /// The Worker's `JWT_SIGNING_KEYS` (`kid:base64`), for tests that mint their own tokens.
+    pub jwt_keys: String,
     admin_database_url: String,
     database_name: String,
     gateway: Option<Child>,
@@ -75,6 +77,12 @@ pub struct Stack {
 impl Stack {
     /// Starts Postgres database + gateway + Worker and waits until the Worker answers.
     pub async fn start() -> Stack {
+        Self::start_with_vars(&[]).await
+    }
+
+    /// Like [`Stack::start`], with extra Worker variables (`NAME`, `value`) on top of the
+    /// harness's own, e.g. a short login-limit window.
+    pub async fn start_with_vars(extra_vars: &[(&str, &str)]) -> Stack {
         let admin_database_url = required_env("TEST_DATABASE_URL");
         let gateway_bin = required_env("CALLMEBACK_GATEWAY_BIN");
         let worker_main = required_env("CALLMEBACK_WORKER_MAIN");
@@ -122,6 +130,9 @@ impl Stack {
              JWT_SIGNING_KEYS={jwt_keys}\nSTRIPE_WEBHOOK_SECRETS={stripe_webhook_secret}\n\
              CORS_ALLOWED_ORIGINS={TEST_ORIGIN}\n"
         );
+        let worker_env: String = extra_vars.iter().fold(worker_env, |env, (name, value)| {
+            format!("{env}{name}={value}\n")
+        });
         let worker = spawn_worker(&worker_main, worker_port, &worker_env, &dir);
 
         let http = reqwest::Client::builder()
@@ -136,6 +147,7 @@ impl Stack {
             key_id,
             key_secret,
             stripe_webhook_secret,
+            jwt_keys,
             admin_database_url,
             database_name,
             gateway: Some(gateway),

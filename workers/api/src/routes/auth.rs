@@ -1,12 +1,863 @@
 //! Accounts and sessions: register, login, logout, me; admin role changes.
+//!
+//! # Where the work happens
+//! Passwords are hashed and verified by db-gateway (Argon2id, OWASP parameters; legacy bcrypt
+//! hashes are verified there and upgraded on login), never here: a memory-hard hash would blow a
+//! Worker's CPU budget, and the hash never has to leave the gateway. This module validates input,
+//! enforces attempt limits, issues and revokes session tokens (`callmeback-auth`), and shapes the
+//! JSON.
+//!
+//! # Enumeration: what login and register reveal
+//! - Login answers every failure (unknown email, wrong password, deactivated account, malformed
+//!   email) with the same 401 `invalid_credentials` body, after the same gateway work: an unknown
+//!   email is verified against a dummy Argon2id hash, so timing does not tell either.
+//! - Register cannot hide everything: it answers with a session token, and a taken email cannot
+//!   get one, so "created" and "not created" must differ (only an email-confirmation flow, which
+//!   this API does not have, could hide that). What it does instead: the failure names no reason
+//!   (409 `registration_failed`, "could not be created"), it costs the same as a success (the
+//!   gateway hashes the password before the insert meets the unique index), and every
+//!   registration attempt counts against the per-IP limit (`REGISTRATIONS_PER_IP`), so probing
+//!   emails through register is as rate-bound as guessing passwords through login.
+//!
+//! # Brute force
+//! Failed logins are counted in `RateLimiter` Durable Objects, per client IP and per account (the
+//! account's key is a SHA-256 of the normalised email, so no address becomes an object name).
+//! Both are checked before the gateway is asked; either one at its limit answers 429
+//! `too_many_attempts` with `Retry-After`, even for the right password. A failure records in
+//! both; a success resets the account's counter only (resetting the IP's would let an attacker
+//! clear it by logging into an account of their own). If the limiter cannot answer, login fails
+//! closed (503). The window is `RateLimitPolicy::LOGIN_FAILURES_PER_*`, 15 minutes, unless the
+//! `LOGIN_FAILURE_WINDOW_SECS` var overrides it (operators, and the tests, which cannot wait 15
+//! minutes to see a lock lift).
+//!
+//! # Sessions
+//! A token lives [`TOKEN_TTL_SECS`]. Logout puts its `jti` in `token_blacklist` until its `exp`,
+//! in the same gateway batch as the session check and the audit row, and every authenticated
+//! route's batch starts with that check, so the token is refused on its very next use. Roles in
+//! tokens are a hint; admin routes confirm the role in the database (`auth.require_admin`), so a
+//! demoted admin loses access at once, and a promoted user signs in again to get an admin token.
+//!
+//! Security events (`register`, `login_success`, `login_failure`, `password_upgrade`, `logout`,
+//! `role_change`) land in `audit_log` with the user id and client IP, never an email or password.
 
-use worker::Response;
+use std::str::FromStr as _;
 
-use super::{Call, RouteDef};
+use callmeback_auth::{Role, SessionClaims, TOKEN_TTL_SECS};
+use callmeback_domain::ids::prefix;
+use callmeback_domain::{
+    BudgetSettings, Decision, Email, FieldError, FieldErrors, Name, Password, PhoneE164,
+    RateLimitPolicy, Tier, ValidationError, new_id,
+};
+use callmeback_gateway_api::{OpCall, OpResult, codes};
+use futures_util::future::join;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use sha2::{Digest as _, Sha256};
+use worker::{Method, ObjectNamespace, Response};
+
+use super::{Access, Call, RouteDef, Service};
+use crate::ctx::{RequestCtx, read_json};
 use crate::error::ApiError;
+use crate::gateway::GatewayError;
+use crate::rate_limiter::{self, Action};
+use crate::session::{self, authed_batch, authed_call};
 
-pub(super) const ROUTES: &[RouteDef] = &[];
+const REGISTER: &str = "register";
+const LOGIN: &str = "login";
+const LOGOUT: &str = "logout";
+const GET_ME: &str = "getMe";
+const ADMIN_SET_USER_ROLE: &str = "adminSetUserRole";
 
-pub(super) async fn handle(_route: &RouteDef, _call: Call) -> Result<Response, ApiError> {
-    Err(ApiError::not_found())
+pub(super) const ROUTES: &[RouteDef] = &[
+    RouteDef::new(
+        Method::Post,
+        "/api/auth/register",
+        Access::Public,
+        Service::Auth,
+        REGISTER,
+    ),
+    RouteDef::new(
+        Method::Post,
+        "/api/auth/login",
+        Access::Public,
+        Service::Auth,
+        LOGIN,
+    ),
+    RouteDef::new(
+        Method::Post,
+        "/api/auth/logout",
+        Access::User,
+        Service::Auth,
+        LOGOUT,
+    ),
+    RouteDef::new(
+        Method::Get,
+        "/api/auth/me",
+        Access::User,
+        Service::Auth,
+        GET_ME,
+    ),
+    RouteDef::new(
+        Method::Put,
+        "/api/admin/users/{id}/role",
+        Access::Admin,
+        Service::Auth,
+        ADMIN_SET_USER_ROLE,
+    ),
+];
+
+pub(super) async fn handle(route: &RouteDef, call: Call) -> Result<Response, ApiError> {
+    match route.name {
+        REGISTER => register(call).await,
+        LOGIN => login(call).await,
+        LOGOUT => logout(call).await,
+        GET_ME => me(call).await,
+        ADMIN_SET_USER_ROLE => set_user_role(call).await,
+        _ => Err(ApiError::not_found()),
+    }
+}
+
+/// Longest password the gateway accepts (bytes); anything longer cannot be anyone's password.
+const MAX_PASSWORD_BYTES: usize = 1024;
+/// Bounds for `LOGIN_FAILURE_WINDOW_SECS`.
+const MIN_WINDOW_SECS: u64 = 1;
+const MAX_WINDOW_SECS: u64 = 24 * 3600;
+/// Longest user id accepted from a path (the column's own limit).
+const MAX_USER_ID_LEN: usize = 255;
+
+// ---------------------------------------------------------------------------------------------
+// Register
+// ---------------------------------------------------------------------------------------------
+
+/// `POST /api/auth/register`. Fields are optional here so a missing one is reported as
+/// `required` next to the others instead of as a parse error.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterBody {
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    phone: Option<String>,
+}
+
+/// A registration that passed validation.
+#[derive(Debug)]
+struct NewAccount {
+    email: Email,
+    password: Password,
+    name: Option<Name>,
+    phone: Option<PhoneE164>,
+}
+
+fn validate_registration(body: RegisterBody) -> Result<NewAccount, FieldErrors> {
+    let mut errors = FieldErrors::new();
+    let email = errors.check("email", Email::parse(body.email.as_deref().unwrap_or("")));
+    let password = errors.check(
+        "password",
+        body.password
+            .ok_or(ValidationError::Required)
+            .and_then(Password::new),
+    );
+    // Optional fields: absent, null and blank all mean "not given".
+    let name = match non_blank(body.name.as_deref()) {
+        Some(name) => errors.check("name", Name::parse(name)).map(Some),
+        None => Some(None),
+    };
+    let phone = match non_blank(body.phone.as_deref()) {
+        Some(phone) => errors.check("phone", PhoneE164::parse(phone)).map(Some),
+        None => Some(None),
+    };
+    match (email, password, name, phone) {
+        (Some(email), Some(password), Some(name), Some(phone)) if errors.is_empty() => {
+            Ok(NewAccount {
+                email,
+                password,
+                name,
+                phone,
+            })
+        }
+        _ => Err(errors),
+    }
+}
+
+fn non_blank(value: Option<&str>) -> Option<&str> {
+    value.filter(|text| !text.trim().is_empty())
+}
+
+/// The registration batch: the user, their free-tier credits row and default budget (both from
+/// callmeback-domain, the one place those numbers live), and the audit row.
+fn registration_ops(user_id: &str, account: &NewAccount, ip: &str) -> Vec<OpCall> {
+    let free = Tier::Free.limits();
+    let budget = BudgetSettings::default();
+    vec![
+        OpCall::new("accounts.create_user")
+            .param("id", user_id)
+            .param("email", account.email.as_str())
+            .param("password", account.password.expose_secret())
+            .param("name", account.name.as_ref().map(|name| name.as_str()))
+            .param("phone", account.phone.as_ref().map(|phone| phone.as_str())),
+        OpCall::new("accounts.create_credits")
+            .param("user_id", user_id)
+            .param("tier", Tier::Free.as_str())
+            .param(
+                "monthly_credit_allowance",
+                free.monthly_credits.unwrap_or(0),
+            )
+            .param("max_calls_per_day", free.calls_per_day)
+            .param("max_call_duration_seconds", free.max_call_seconds),
+        OpCall::new("accounts.create_budget_settings")
+            .param("user_id", user_id)
+            .param("max_cost_per_call_cents", budget.max_cost_per_call_cents)
+            .param("max_monthly_spend_cents", budget.max_monthly_spend_cents)
+            .param("warn_at_percent_per_call", budget.warn_at_percent)
+            .param("enable_auto_cutoff", budget.auto_cutoff),
+        audit_op("register", Some(user_id), ip),
+    ]
+}
+
+async fn register(mut call: Call) -> Result<Response, ApiError> {
+    let body: RegisterBody = read_json(&mut call.req).await?;
+    let account = validate_registration(body).map_err(validation_failed)?;
+    let ctx = &call.ctx;
+    let limiter = limiter_namespace(ctx)?;
+    let ip_key = format!("register-ip:{}", ctx.client_ip);
+    let policy = RateLimitPolicy::REGISTRATIONS_PER_IP;
+    refuse_if_limited(limiter_decision(&limiter, &ip_key, Action::Check, policy).await?)?;
+
+    let user_id = new_id(prefix::USER, random_16()?);
+    let outcome = ctx
+        .gateway()?
+        .batch(registration_ops(&user_id, &account, &ctx.client_ip))
+        .await;
+    // Every attempt that reached the database counts, created or not.
+    if let Err(error) = limiter_decision(&limiter, &ip_key, Action::Record, policy).await {
+        worker::console_error!(
+            "request {}: registration not counted: {}",
+            ctx.request_id,
+            error.code
+        );
+    }
+    let results = match outcome {
+        Ok(response) => response.results,
+        Err(GatewayError::Rejected {
+            code,
+            op_index: Some(0),
+            ..
+        }) if code == codes::CONFLICT => return Err(registration_failed()),
+        Err(other) => return Err(other.into()),
+    };
+    let user = results
+        .into_iter()
+        .next()
+        .and_then(|result| result.rows.into_iter().next())
+        .ok_or_else(missing_row)?;
+    session_response(ctx, 201, &user)
+}
+
+fn registration_failed() -> ApiError {
+    ApiError::new(
+        409,
+        "registration_failed",
+        "the account could not be created; if you already have one, sign in",
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Login
+// ---------------------------------------------------------------------------------------------
+
+/// `POST /api/auth/login`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+/// The credentials as the login uses them. Only presence is checked: the policy for new
+/// passwords must not lock out old ones, and a malformed email is just an unknown account.
+#[derive(Debug, PartialEq, Eq)]
+struct Credentials {
+    /// Trimmed and lower-cased, as stored.
+    email: String,
+    password: String,
+}
+
+fn login_credentials(body: LoginBody) -> Result<Credentials, FieldErrors> {
+    let mut errors = FieldErrors::new();
+    let email = non_blank(body.email.as_deref()).map(|email| email.trim().to_lowercase());
+    if email.is_none() {
+        errors.add("email", ValidationError::Required);
+    }
+    let password = body.password.filter(|password| !password.is_empty());
+    if password.is_none() {
+        errors.add("password", ValidationError::Required);
+    }
+    match (email, password) {
+        (Some(email), Some(password)) => Ok(Credentials { email, password }),
+        _ => Err(errors),
+    }
+}
+
+/// The limiter key of an account: a hash of its normalised email, never the address.
+fn account_limiter_key(normalised_email: &str) -> String {
+    format!(
+        "login-account:{}",
+        hex::encode(Sha256::digest(normalised_email.as_bytes()))
+    )
+}
+
+fn ip_limiter_key(ip: &str) -> String {
+    format!("login-ip:{ip}")
+}
+
+/// The two login policies, with the window from `LOGIN_FAILURE_WINDOW_SECS` when it is set.
+fn login_policies(window_override: Option<&str>) -> (RateLimitPolicy, RateLimitPolicy) {
+    let mut per_ip = RateLimitPolicy::LOGIN_FAILURES_PER_IP;
+    let mut per_account = RateLimitPolicy::LOGIN_FAILURES_PER_ACCOUNT;
+    if let Some(window) = window_override
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .filter(|secs| (MIN_WINDOW_SECS..=MAX_WINDOW_SECS).contains(secs))
+    {
+        per_ip.window_secs = window;
+        per_account.window_secs = window;
+    }
+    (per_ip, per_account)
+}
+
+async fn login(mut call: Call) -> Result<Response, ApiError> {
+    let body: LoginBody = read_json(&mut call.req).await?;
+    let credentials = login_credentials(body).map_err(validation_failed)?;
+    let ctx = &call.ctx;
+    let limiter = limiter_namespace(ctx)?;
+    let override_var = ctx
+        .env
+        .var("LOGIN_FAILURE_WINDOW_SECS")
+        .ok()
+        .map(|var| var.to_string());
+    let (ip_policy, account_policy) = login_policies(override_var.as_deref());
+    let ip_key = ip_limiter_key(&ctx.client_ip);
+    let account_key = account_limiter_key(&credentials.email);
+
+    let (by_ip, by_account) = join(
+        limiter_decision(&limiter, &ip_key, Action::Check, ip_policy),
+        limiter_decision(&limiter, &account_key, Action::Check, account_policy),
+    )
+    .await;
+    refuse_if_limited_any(by_ip?, by_account?)?;
+
+    let verified = if credentials.password.len() > MAX_PASSWORD_BYTES {
+        // No stored password can be this long; the gateway would refuse to hash it.
+        None
+    } else {
+        let attempt = OpCall::new("accounts.login")
+            .param("email", credentials.email.as_str())
+            .param("password", credentials.password.as_str())
+            .param("ip", ctx.client_ip.as_str());
+        match ctx.gateway()?.call(&attempt).await {
+            Ok(result) => Some(result),
+            Err(GatewayError::Rejected { code, .. }) if code == codes::PRECONDITION_FAILED => None,
+            Err(other) => return Err(other.into()),
+        }
+    };
+
+    let Some(result) = verified else {
+        let (ip_recorded, account_recorded) = join(
+            limiter_decision(&limiter, &ip_key, Action::Record, ip_policy),
+            limiter_decision(&limiter, &account_key, Action::Record, account_policy),
+        )
+        .await;
+        if ip_recorded.is_err() || account_recorded.is_err() {
+            worker::console_error!("request {}: a failed login was not counted", ctx.request_id);
+        }
+        return Err(invalid_credentials());
+    };
+    if limiter_decision(&limiter, &account_key, Action::Reset, account_policy)
+        .await
+        .is_err()
+    {
+        // The counter then lifts at the end of its window; the login itself is fine.
+        worker::console_error!(
+            "request {}: the account's failure counter was not reset",
+            ctx.request_id
+        );
+    }
+    let user = first_row(result)?;
+    session_response(ctx, 200, &user)
+}
+
+fn invalid_credentials() -> ApiError {
+    ApiError::new(401, "invalid_credentials", "invalid email or password")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Logout and me
+// ---------------------------------------------------------------------------------------------
+
+async fn logout(call: Call) -> Result<Response, ApiError> {
+    let session = call.session()?;
+    let ops = vec![
+        OpCall::new("accounts.revoke_token")
+            .param("jti", session.claims.jti.as_str())
+            .param("user_id", session.user_id())
+            .param("expires_at_unix", session.expires_at),
+        audit_op("logout", Some(session.user_id()), &call.ctx.client_ip),
+    ];
+    authed_batch(&call.ctx, session, ops).await?;
+    Ok(Response::empty()?.with_status(204))
+}
+
+async fn me(call: Call) -> Result<Response, ApiError> {
+    let session = call.session()?;
+    let result = authed_call(
+        &call.ctx,
+        session,
+        OpCall::new("accounts.get_user").param("user_id", session.user_id()),
+    )
+    .await?;
+    let row = first_row(result)?;
+    json_response(
+        200,
+        &json!({
+            "user": user_json(&row),
+            "credits": {
+                "subscription_tier": row.get("subscription_tier").cloned().unwrap_or(Value::Null),
+                "available_credits": row.get("available_credits").cloned().unwrap_or(Value::Null),
+            },
+        }),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Admin: role changes
+// ---------------------------------------------------------------------------------------------
+
+/// `PUT /api/admin/users/{id}/role`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleBody {
+    #[serde(default)]
+    role: Option<String>,
+}
+
+fn parse_role(body: RoleBody) -> Result<Role, FieldErrors> {
+    let mut errors = FieldErrors::new();
+    match body.role.as_deref().map(Role::from_str) {
+        Some(Ok(role)) => return Ok(role),
+        Some(Err(_)) => errors.add(
+            "role",
+            FieldError {
+                code: "invalid_choice".into(),
+                message: "must be one of: user, admin".to_owned(),
+            },
+        ),
+        None => errors.add("role", ValidationError::Required),
+    }
+    Err(errors)
+}
+
+fn is_plausible_user_id(id: &str) -> bool {
+    (1..=MAX_USER_ID_LEN).contains(&id.len()) && !id.chars().any(char::is_control)
+}
+
+async fn set_user_role(mut call: Call) -> Result<Response, ApiError> {
+    let target = call.params.get("id").to_owned();
+    if !is_plausible_user_id(&target) {
+        return Err(user_not_found());
+    }
+    let body: RoleBody = read_json(&mut call.req).await?;
+    let role = parse_role(body).map_err(validation_failed)?;
+    let session = call.session()?;
+    if target == session.user_id() {
+        // An admin demoting themselves could leave no admin at all; another admin must do it.
+        return Err(ApiError::new(
+            409,
+            "cannot_change_own_role",
+            "an admin cannot change their own role",
+        ));
+    }
+    let op = OpCall::new("accounts.set_role")
+        .param("user_id", target.as_str())
+        .param("role", role.as_str())
+        .param("actor_user_id", session.user_id())
+        .param("ip", call.ctx.client_ip.as_str());
+    let result = authed_call(&call.ctx, session, op).await.map_err(|error| {
+        if error.code == codes::PRECONDITION_FAILED {
+            user_not_found()
+        } else {
+            error
+        }
+    })?;
+    let row = first_row(result)?;
+    json_response(200, &json!({ "user": user_json(&row) }))
+}
+
+fn user_not_found() -> ApiError {
+    ApiError::new(404, "user_not_found", "no such user")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared pieces
+// ---------------------------------------------------------------------------------------------
+
+fn audit_op(event_type: &str, user_id: Option<&str>, ip: &str) -> OpCall {
+    OpCall::new("accounts.audit")
+        .param("event_type", event_type)
+        .param("user_id", user_id)
+        .param("ip", ip)
+}
+
+/// The public shape of a user, the same in every response.
+fn user_json(row: &Map<String, Value>) -> Value {
+    let mut user = Map::new();
+    for field in [
+        "id",
+        "email",
+        "name",
+        "phone",
+        "role",
+        "created_at",
+        "last_login_at",
+    ] {
+        user.insert(
+            field.to_owned(),
+            row.get(field).cloned().unwrap_or(Value::Null),
+        );
+    }
+    Value::Object(user)
+}
+
+/// Issues a session token for the user row and answers `{token, token_type, expires_at, user}`.
+fn session_response(
+    ctx: &RequestCtx,
+    status: u16,
+    user: &Map<String, Value>,
+) -> Result<Response, ApiError> {
+    let text = |field: &str| {
+        user.get(field)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(missing_row)
+    };
+    let role = Role::from_str(&text("role")?).map_err(|_| {
+        worker::console_error!("request {}: a user row has an unknown role", ctx.request_id);
+        ApiError::internal()
+    })?;
+    let claims = SessionClaims {
+        jti: new_id(prefix::TOKEN, random_16()?),
+        sub: text("id")?,
+        email: text("email")?,
+        role,
+    };
+    let now = ctx.now_secs();
+    let token = session::keyring(&ctx.env)?.issue(&claims, now);
+    json_response(
+        status,
+        &json!({
+            "token": token,
+            "token_type": "Bearer",
+            "expires_at": rfc3339_utc(now + TOKEN_TTL_SECS),
+            "user": user_json(user),
+        }),
+    )
+}
+
+/// Unix seconds as an RFC 3339 UTC timestamp, like every other timestamp the API returns.
+fn rfc3339_utc(unix_secs: i64) -> String {
+    js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(unix_secs as f64 * 1000.0))
+        .to_iso_string()
+        .into()
+}
+
+fn limiter_namespace(ctx: &RequestCtx) -> Result<ObjectNamespace, ApiError> {
+    ctx.env.durable_object("RATE_LIMITER").map_err(|error| {
+        worker::console_error!("RATE_LIMITER binding missing: {error}");
+        ApiError::internal()
+    })
+}
+
+/// Asks one limiter; a limiter that cannot answer fails the request closed.
+async fn limiter_decision(
+    namespace: &ObjectNamespace,
+    key: &str,
+    action: Action,
+    policy: RateLimitPolicy,
+) -> Result<Decision, ApiError> {
+    rate_limiter::ask(namespace, key, action, policy)
+        .await
+        .map_err(|error| {
+            worker::console_error!("rate limiter failed: {error}");
+            ApiError::dependency_unavailable("rate_limiter", "the rate limiter is unavailable")
+        })
+}
+
+fn refuse_if_limited(decision: Decision) -> Result<(), ApiError> {
+    match decision {
+        Decision::Allowed { .. } => Ok(()),
+        Decision::Limited { retry_after_secs } => Err(too_many_attempts(retry_after_secs)),
+    }
+}
+
+/// Refuses if either limiter is at its limit, with the longer wait.
+fn refuse_if_limited_any(first: Decision, second: Decision) -> Result<(), ApiError> {
+    let wait = [first, second]
+        .into_iter()
+        .filter_map(|decision| match decision {
+            Decision::Limited { retry_after_secs } => Some(retry_after_secs),
+            Decision::Allowed { .. } => None,
+        })
+        .max();
+    match wait {
+        Some(secs) => Err(too_many_attempts(secs)),
+        None => Ok(()),
+    }
+}
+
+fn too_many_attempts(retry_after_secs: u64) -> ApiError {
+    ApiError::new(
+        429,
+        "too_many_attempts",
+        "too many attempts; wait before trying again",
+    )
+    .with_retry_after(u32::try_from(retry_after_secs).unwrap_or(u32::MAX))
+}
+
+fn validation_failed(errors: FieldErrors) -> ApiError {
+    let fields = serde_json::to_value(&errors).unwrap_or(Value::Null);
+    ApiError::bad_request("validation_failed", "some fields are invalid").with_fields(fields)
+}
+
+fn first_row(result: OpResult) -> Result<Map<String, Value>, ApiError> {
+    result.rows.into_iter().next().ok_or_else(missing_row)
+}
+
+fn missing_row() -> ApiError {
+    worker::console_error!("an accounts operation answered without the expected row");
+    ApiError::internal()
+}
+
+fn json_response(status: u16, body: &Value) -> Result<Response, ApiError> {
+    Ok(Response::from_json(body)?.with_status(status))
+}
+
+fn random_16() -> Result<[u8; 16], ApiError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|_| {
+        worker::console_error!("no randomness available for an id");
+        ApiError::internal()
+    })?;
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(json: Value) -> RegisterBody {
+        serde_json::from_value(json).expect("a register body")
+    }
+
+    fn field_codes(errors: &FieldErrors) -> Vec<(String, String)> {
+        errors
+            .iter()
+            .map(|(field, error)| (field.to_owned(), error.code.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn registration_reports_every_bad_field_with_its_code() {
+        let errors = validate_registration(body(json!({
+            "email": "not-an-email", "password": "short", "name": "x".repeat(101), "phone": "5551234"
+        })))
+        .unwrap_err();
+        assert_eq!(
+            field_codes(&errors),
+            [
+                ("email".to_owned(), "invalid_email".to_owned()),
+                ("name".to_owned(), "too_long".to_owned()),
+                ("password".to_owned(), "password_too_short".to_owned()),
+                ("phone".to_owned(), "invalid_phone".to_owned()),
+            ]
+        );
+        let missing = validate_registration(body(json!({}))).unwrap_err();
+        assert_eq!(
+            field_codes(&missing),
+            [
+                ("email".to_owned(), "required".to_owned()),
+                ("password".to_owned(), "required".to_owned()),
+            ]
+        );
+        let long = validate_registration(body(json!({
+            "email": "a@b.co", "password": "p".repeat(129)
+        })))
+        .unwrap_err();
+        assert_eq!(
+            field_codes(&long),
+            [("password".to_owned(), "password_too_long".to_owned())]
+        );
+    }
+
+    #[test]
+    fn registration_normalises_and_treats_blank_optionals_as_absent() {
+        let account = validate_registration(body(json!({
+            "email": "  Ada@Example.COM ", "password": "ten chars!", "name": "  ", "phone": null
+        })))
+        .expect("valid");
+        assert_eq!(account.email.as_str(), "ada@example.com");
+        assert!(account.name.is_none() && account.phone.is_none());
+        assert!(!format!("{account:?}").contains("ten chars!"));
+
+        let account = validate_registration(body(json!({
+            "email": "ada@example.com", "password": "ten chars!", "name": " Ada ", "phone": "+1 (555) 123-4567"
+        })))
+        .expect("valid");
+        assert_eq!(account.name.as_ref().map(Name::as_str), Some("Ada"));
+        assert_eq!(
+            account.phone.as_ref().map(PhoneE164::as_str),
+            Some("+15551234567")
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert!(serde_json::from_value::<RegisterBody>(json!({"role": "admin"})).is_err());
+        assert!(serde_json::from_value::<LoginBody>(json!({"email": "a", "otp": 1})).is_err());
+        assert!(serde_json::from_value::<RoleBody>(json!({"role": "admin", "x": 1})).is_err());
+    }
+
+    #[test]
+    fn registration_uses_the_domain_defaults() {
+        let account = validate_registration(body(json!({
+            "email": "ada@example.com", "password": "ten chars!"
+        })))
+        .unwrap();
+        let ops = registration_ops("usr_1", &account, "203.0.113.7");
+        let names: Vec<&str> = ops.iter().map(|op| op.op.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "accounts.create_user",
+                "accounts.create_credits",
+                "accounts.create_budget_settings",
+                "accounts.audit"
+            ]
+        );
+        assert_eq!(ops[0].params["name"], Value::Null);
+        assert_eq!(ops[1].params["tier"], json!("free"));
+        assert_eq!(ops[1].params["max_calls_per_day"], json!(3));
+        assert_eq!(ops[1].params["max_call_duration_seconds"], json!(300));
+        assert_eq!(ops[1].params["monthly_credit_allowance"], json!(0));
+        assert_eq!(ops[2].params["max_cost_per_call_cents"], json!(1000));
+        assert_eq!(ops[2].params["warn_at_percent_per_call"], json!(75));
+        assert_eq!(ops[3].params["event_type"], json!("register"));
+    }
+
+    #[test]
+    fn login_needs_both_fields_but_no_policy() {
+        let credentials = login_credentials(LoginBody {
+            email: Some("  ADA@example.com ".to_owned()),
+            password: Some("short".to_owned()),
+        })
+        .expect("any non-empty values");
+        assert_eq!(credentials.email, "ada@example.com");
+        assert_eq!(credentials.password, "short");
+        let errors = login_credentials(LoginBody {
+            email: Some(" ".to_owned()),
+            password: Some(String::new()),
+        })
+        .unwrap_err();
+        assert_eq!(errors.len(), 2);
+    }
+
+    #[test]
+    fn account_keys_hash_the_email() {
+        let key = account_limiter_key("ada@example.com");
+        assert!(key.starts_with("login-account:"));
+        assert!(!key.contains("ada"));
+        assert_eq!(key.len(), "login-account:".len() + 64);
+        assert_eq!(key, account_limiter_key("ada@example.com"));
+        assert_ne!(key, account_limiter_key("bob@example.com"));
+    }
+
+    #[test]
+    fn the_window_override_is_bounded() {
+        let default = login_policies(None);
+        assert_eq!(default.0, RateLimitPolicy::LOGIN_FAILURES_PER_IP);
+        assert_eq!(default.1, RateLimitPolicy::LOGIN_FAILURES_PER_ACCOUNT);
+        let short = login_policies(Some("3"));
+        assert_eq!((short.0.window_secs, short.1.window_secs), (3, 3));
+        assert_eq!(short.0.max_events, 10);
+        for bad in ["0", "-1", "abc", "86401"] {
+            assert_eq!(login_policies(Some(bad)), default, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_longer_wait_wins() {
+        let allowed = Decision::Allowed { remaining: 3 };
+        assert!(refuse_if_limited_any(allowed, allowed).is_ok());
+        let error = refuse_if_limited_any(
+            Decision::Limited {
+                retry_after_secs: 30,
+            },
+            Decision::Limited {
+                retry_after_secs: 90,
+            },
+        )
+        .unwrap_err();
+        assert_eq!((error.status, error.code), (429, "too_many_attempts"));
+        assert_eq!(error.retry_after, Some(90));
+    }
+
+    #[test]
+    fn roles_are_user_or_admin() {
+        assert_eq!(
+            parse_role(RoleBody {
+                role: Some("admin".to_owned())
+            }),
+            Ok(Role::Admin)
+        );
+        for bad in [Some("root"), Some("Admin"), None] {
+            let errors = parse_role(RoleBody {
+                role: bad.map(str::to_owned),
+            })
+            .unwrap_err();
+            assert!(errors.get("role").is_some());
+        }
+        assert!(is_plausible_user_id("usr_0123"));
+        assert!(!is_plausible_user_id(""));
+        assert!(!is_plausible_user_id("usr\n1"));
+        assert!(!is_plausible_user_id(&"x".repeat(256)));
+    }
+
+    #[test]
+    fn users_have_one_public_shape() {
+        let mut row = Map::new();
+        row.insert("id".into(), json!("usr_1"));
+        row.insert("email".into(), json!("ada@example.com"));
+        row.insert("password_upgraded".into(), json!(true));
+        row.insert("subscription_tier".into(), json!("free"));
+        let user = user_json(&row);
+        let mut keys: Vec<&String> = user.as_object().unwrap().keys().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "created_at",
+                "email",
+                "id",
+                "last_login_at",
+                "name",
+                "phone",
+                "role"
+            ]
+        );
+        assert_eq!(user["phone"], Value::Null);
+    }
 }
