@@ -22,6 +22,24 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use rand::Rng;
 
+/// The password every test user gets (valid under the password policy).
+pub const TEST_PASSWORD: &str = "correct horse battery staple";
+
+/// Unix time in seconds.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
+/// The code of a field-level validation error in an error body.
+pub fn field_code<'a>(body: &'a serde_json::Value, field: &str) -> &'a str {
+    body["error"]["fields"][field]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error for field {field}: {body}"))
+}
+
 /// The frontend origin the test Worker allows for CORS.
 pub const TEST_ORIGIN: &str = "http://app.callmeback.test";
 
@@ -125,10 +143,12 @@ impl Stack {
             "e2e-1:{}",
             base64::engine::general_purpose::STANDARD.encode(random_bytes::<32>())
         );
+        // GATEWAY_TIMEOUT_MS is raised from the 3 s default: on a shared 2-core CI machine a login
+        // (Argon2id or bcrypt on the gateway) can take seconds, and a timeout there is noise, not a bug.
         let worker_env = format!(
             "GATEWAY_URL={gateway_url}\nGATEWAY_KEY_ID={key_id}\nGATEWAY_KEY_SECRET={secret_b64}\n\
              JWT_SIGNING_KEYS={jwt_keys}\nSTRIPE_WEBHOOK_SECRETS={stripe_webhook_secret}\n\
-             CORS_ALLOWED_ORIGINS={TEST_ORIGIN}\n"
+             CORS_ALLOWED_ORIGINS={TEST_ORIGIN}\nGATEWAY_TIMEOUT_MS=10000\n"
         );
         let worker_env: String = extra_vars.iter().fold(worker_env, |env, (name, value)| {
             format!("{env}{name}={value}\n")
@@ -212,6 +232,97 @@ impl Stack {
             .send()
             .await
             .expect("request reaches the Worker")
+    }
+
+    /// Sends a request to the Worker (JSON body and bearer token optional) and returns the status
+    /// and the parsed JSON body (`Null` for an empty body). A non-JSON body fails the test with the
+    /// Worker's log.
+    pub async fn json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.worker_url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request reaches the Worker");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body readable");
+        if text.is_empty() {
+            return (status, serde_json::Value::Null);
+        }
+        let value = serde_json::from_str(&text).unwrap_or_else(|_| {
+            panic!(
+                "{method} {path} answered {status} with non-JSON: {text}\nworker log:\n{}",
+                self.worker_log()
+            )
+        });
+        (status, value)
+    }
+
+    /// Registers `email` with [`TEST_PASSWORD`]; returns (token, user id).
+    pub async fn register(&self, email: &str) -> (String, String) {
+        let body =
+            serde_json::json!({"email": email, "password": TEST_PASSWORD, "name": "Test User"});
+        let (status, body) = self
+            .json(
+                reqwest::Method::POST,
+                "/api/auth/register",
+                None,
+                Some(body),
+            )
+            .await;
+        assert_eq!(
+            status,
+            201,
+            "register: {body}\nworker log:\n{}",
+            self.worker_log()
+        );
+        let token = body["token"].as_str().expect("token").to_owned();
+        let user_id = body["user"]["id"].as_str().expect("user id").to_owned();
+        (token, user_id)
+    }
+
+    /// Logs `email` in with [`TEST_PASSWORD`]; returns the token.
+    pub async fn login(&self, email: &str) -> String {
+        let body = serde_json::json!({"email": email, "password": TEST_PASSWORD});
+        let (status, body) = self
+            .json(reqwest::Method::POST, "/api/auth/login", None, Some(body))
+            .await;
+        assert_eq!(status, 200, "login: {body}");
+        body["token"].as_str().expect("token").to_owned()
+    }
+
+    /// Registers `email`, makes them an admin in SQL, and logs in again for a token with the role.
+    pub async fn admin_token(&self, email: &str) -> String {
+        self.register(email).await;
+        self.db()
+            .await
+            .execute(
+                "UPDATE users SET role = 'admin' WHERE email = $1",
+                &[&email],
+            )
+            .await
+            .expect("promote to admin");
+        self.login(email).await
+    }
+
+    /// A Postgres client on this stack's database (for arranging and checking state).
+    pub async fn db(&self) -> tokio_postgres::Client {
+        let (client, connection) =
+            tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls)
+                .await
+                .expect("test database reachable");
+        tokio::spawn(connection);
+        client
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use callmeback_auth::{Keyring, Role, SessionClaims, TOKEN_TTL_SECS};
-use callmeback_e2e::Stack;
+use callmeback_e2e::{Stack, field_code, unix_now};
 use hmac::{Hmac, Mac};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -101,24 +101,6 @@ async fn register_as(stack: &Stack, body: Value, ip: Option<&str>) -> Answer {
     .await
 }
 
-/// Registers `email` with [`PASSWORD`]; returns (token, user id).
-async fn register(stack: &Stack, email: &str) -> (String, String) {
-    let answer = register_as(
-        stack,
-        json!({"email": email, "password": PASSWORD, "name": "Test User"}),
-        None,
-    )
-    .await;
-    assert_eq!(answer.status, 201, "register: {}", answer.body);
-    (
-        answer.body["token"].as_str().expect("token").to_owned(),
-        answer.body["user"]["id"]
-            .as_str()
-            .expect("user id")
-            .to_owned(),
-    )
-}
-
 async fn login_from(stack: &Stack, email: &str, password: &str, ip: Option<&str>) -> Answer {
     send(
         stack,
@@ -137,17 +119,10 @@ async fn login(stack: &Stack, email: &str) -> String {
     answer.body["token"].as_str().expect("token").to_owned()
 }
 
-async fn db(stack: &Stack) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(&stack.database_url, tokio_postgres::NoTls)
-        .await
-        .expect("test database reachable");
-    tokio::spawn(connection);
-    client
-}
-
 /// `(event_type, user_id, ip, details as text)`, oldest first.
 async fn audit_rows(stack: &Stack) -> Vec<(String, Option<String>, Option<String>, String)> {
-    db(stack)
+    stack
+        .db()
         .await
         .query(
             "SELECT event_type, user_id, ip, details::text FROM audit_log ORDER BY id",
@@ -161,18 +136,13 @@ async fn audit_rows(stack: &Stack) -> Vec<(String, Option<String>, Option<String
 }
 
 async fn stored_hash(stack: &Stack, user_id: &str) -> String {
-    db(stack)
+    stack
+        .db()
         .await
         .query_one("SELECT password_hash FROM users WHERE id = $1", &[&user_id])
         .await
         .expect("user exists")
         .get(0)
-}
-
-fn field_code<'a>(body: &'a Value, field: &str) -> &'a str {
-    body["error"]["fields"][field]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error for field {field}: {body}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -215,13 +185,6 @@ fn mint(header: &Value, payload: &Value, key: &[u8]) -> String {
 fn decode_part(token: &str, index: usize) -> Value {
     let part = token.split('.').nth(index).expect("three parts");
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).expect("base64url")).expect("JSON")
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -269,7 +232,7 @@ async fn register_login_me_logout_then_the_token_is_refused() {
             .await
             .starts_with("$argon2id$v=19$m=19456,t=2,p=1$")
     );
-    let client = db(&stack).await;
+    let client = stack.db().await;
     let tier: String = client
         .query_one(
             "SELECT subscription_tier FROM user_credits WHERE user_id = $1",
@@ -357,7 +320,7 @@ async fn register_login_me_logout_then_the_token_is_refused() {
 #[tokio::test]
 async fn every_forged_token_gets_the_same_401() {
     let stack = Stack::start().await;
-    let (token, _) = register(&stack, "ada@example.com").await;
+    let (token, _) = stack.register("ada@example.com").await;
     let (kid, key) = signing_key(&stack);
     let header = decode_part(&token, 0);
     let claims = decode_part(&token, 1);
@@ -514,7 +477,7 @@ async fn every_forged_token_gets_the_same_401() {
 #[tokio::test]
 async fn a_legacy_bcrypt_user_logs_in_and_is_upgraded_to_argon2id() {
     let stack = Stack::start().await;
-    let client = db(&stack).await;
+    let client = stack.db().await;
     let user_id = "usr_legacy0000000000000000001";
     // The replaced system's hashes: bcrypt, 12 rounds.
     let legacy_hash = bcrypt::hash(PASSWORD, 12).expect("bcrypt hash");
@@ -571,8 +534,8 @@ async fn a_legacy_bcrypt_user_logs_in_and_is_upgraded_to_argon2id() {
 #[tokio::test]
 async fn wrong_password_and_unknown_email_are_indistinguishable() {
     let stack = Stack::start().await;
-    let (_, user_id) = register(&stack, "ada@example.com").await;
-    db(&stack)
+    let (_, user_id) = stack.register("ada@example.com").await;
+    stack.db()
         .await
         .execute(
             "INSERT INTO users (id, email, password_hash, is_active) VALUES ('usr_gone', 'gone@example.com', $1, false)",
@@ -615,7 +578,7 @@ async fn wrong_password_and_unknown_email_are_indistinguishable() {
 async fn brute_force_is_limited_then_lifts_after_the_window() {
     // A short window so the lock can be seen lifting; the limit itself is production's (10).
     let stack = Stack::start_with_vars(&[("LOGIN_FAILURE_WINDOW_SECS", "12")]).await;
-    register(&stack, "ada@example.com").await;
+    stack.register("ada@example.com").await;
 
     for attempt in 1..=10 {
         let answer = login_from(&stack, "ada@example.com", "wrong password!", None).await;
@@ -639,8 +602,8 @@ async fn brute_force_is_limited_then_lifts_after_the_window() {
 #[tokio::test]
 async fn limits_are_per_account_and_per_ip_and_success_resets_the_account() {
     let stack = Stack::start().await;
-    register(&stack, "ada@example.com").await;
-    register(&stack, "bob@example.com").await;
+    stack.register("ada@example.com").await;
+    stack.register("bob@example.com").await;
 
     // Per account: failures from ten addresses lock Ada's account from an eleventh.
     for attempt in 1..=10 {
@@ -690,10 +653,11 @@ async fn limits_are_per_account_and_per_ip_and_success_resets_the_account() {
 #[tokio::test]
 async fn admins_change_roles_and_nobody_else_can() {
     let stack = Stack::start().await;
-    let (_, admin_id) = register(&stack, "root@example.com").await;
-    let (bob_user_token, bob_id) = register(&stack, "bob@example.com").await;
-    let (carol_token, carol_id) = register(&stack, "carol@example.com").await;
-    db(&stack)
+    let (_, admin_id) = stack.register("root@example.com").await;
+    let (bob_user_token, bob_id) = stack.register("bob@example.com").await;
+    let (carol_token, carol_id) = stack.register("carol@example.com").await;
+    stack
+        .db()
         .await
         .execute(
             "UPDATE users SET role = 'admin' WHERE id = $1",
@@ -884,7 +848,7 @@ async fn registration_validates_every_field_and_hides_why_it_failed() {
     assert_eq!(not_json.status().as_u16(), 415);
 
     // A taken email (in any case) is refused without saying so, and creates nothing.
-    let (_, first_id) = register(&stack, "ada@example.com").await;
+    let (_, first_id) = stack.register("ada@example.com").await;
     let duplicate = register_as(
         &stack,
         json!({"email": "ADA@example.com", "password": "a different password"}),
@@ -898,7 +862,8 @@ async fn registration_validates_every_field_and_hides_why_it_failed() {
         !message.contains("exist") && !message.contains("taken"),
         "{message}"
     );
-    let users: i64 = db(&stack)
+    let users: i64 = stack
+        .db()
         .await
         .query_one("SELECT count(*) FROM users", &[])
         .await
@@ -918,7 +883,7 @@ async fn registrations_are_limited_per_ip() {
     let stack = Stack::start().await;
     let ip = Some("198.51.100.77");
     // 20 per hour per address, duplicates (probing for accounts) included.
-    register(&stack, "first@example.com").await;
+    stack.register("first@example.com").await;
     for attempt in 1..=20 {
         let body = if attempt % 2 == 0 {
             json!({"email": format!("user{attempt}@example.com"), "password": PASSWORD})

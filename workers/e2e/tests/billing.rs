@@ -7,42 +7,18 @@
 //! webhook secret by `callmeback_domain::sign_stripe_payload`.
 
 use std::collections::HashSet;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use callmeback_domain::sign_stripe_payload;
-use callmeback_e2e::Stack;
+use callmeback_e2e::{Stack, unix_now};
 use callmeback_gateway_api::OP_PATH;
 use callmeback_signing::{Key, sign_request};
 use rand::Rng;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-const PASSWORD: &str = "correct horse battery staple";
-
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// Sends a JSON request to the Worker; returns the status and the parsed body (`Null` if empty).
-async fn send(
-    stack: &Stack,
-    method: Method,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = stack
-        .http
-        .request(method.clone(), format!("{}{path}", stack.worker_url));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.expect("request reaches the Worker");
-    parse(stack, &format!("{method} {path}"), response).await
-}
 
 async fn parse(stack: &Stack, what: &str, response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
@@ -60,55 +36,11 @@ async fn parse(stack: &Stack, what: &str, response: reqwest::Response) -> (u16, 
 }
 
 async fn get(stack: &Stack, path: &str, token: &str) -> (u16, Value) {
-    send(stack, Method::GET, path, Some(token), None).await
+    stack.json(Method::GET, path, Some(token), None).await
 }
 
 async fn put(stack: &Stack, path: &str, token: &str, body: Value) -> (u16, Value) {
-    send(stack, Method::PUT, path, Some(token), Some(body)).await
-}
-
-async fn db(stack: &Stack) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(&stack.database_url, tokio_postgres::NoTls)
-        .await
-        .expect("test database reachable");
-    tokio::spawn(connection);
-    client
-}
-
-/// Registers a user and returns (token, user id).
-async fn register(stack: &Stack, email: &str) -> (String, String) {
-    let (status, body) = send(
-        stack,
-        Method::POST,
-        "/api/auth/register",
-        None,
-        Some(json!({"email": email, "password": PASSWORD})),
-    )
-    .await;
-    assert_eq!(status, 201, "register: {body}\n{}", stack.worker_log());
-    let token = body["token"].as_str().expect("token").to_owned();
-    let user_id = body["user"]["id"].as_str().expect("user id").to_owned();
-    (token, user_id)
-}
-
-async fn login(stack: &Stack, email: &str) -> String {
-    let (status, body) = send(
-        stack,
-        Method::POST,
-        "/api/auth/login",
-        None,
-        Some(json!({"email": email, "password": PASSWORD})),
-    )
-    .await;
-    assert_eq!(status, 200, "login: {body}");
-    body["token"].as_str().expect("token").to_owned()
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
+    stack.json(Method::PUT, path, Some(token), Some(body)).await
 }
 
 fn random_hex() -> String {
@@ -251,7 +183,7 @@ async fn all_transactions(stack: &Stack, token: &str, page_size: u32) -> Vec<Val
 #[tokio::test]
 async fn a_new_free_user_sees_the_free_tier_and_todays_calls() {
     let stack = Stack::start().await;
-    let (token, user_id) = register(&stack, "free@example.test").await;
+    let (token, user_id) = stack.register("free@example.test").await;
 
     let (status, body) = get(&stack, "/api/credits", &token).await;
     assert_eq!(status, 200, "{body}");
@@ -270,7 +202,7 @@ async fn a_new_free_user_sees_the_free_tier_and_todays_calls() {
     );
 
     // Two calls today and one yesterday: only today's count against the daily allowance.
-    let client = db(&stack).await;
+    let client = stack.db().await;
     for (id, age) in [
         ("call_a", "1 second"),
         ("call_b", "2 seconds"),
@@ -291,7 +223,7 @@ async fn a_new_free_user_sees_the_free_tier_and_todays_calls() {
     assert_eq!(body["calls_today"], 2);
     assert_eq!(body["calls_remaining_today"], 1);
 
-    let (status, body) = send(&stack, Method::GET, "/api/credits", None, None).await;
+    let (status, body) = stack.json(Method::GET, "/api/credits", None, None).await;
     assert_eq!(status, 401);
     assert_eq!(body["error"]["code"], "unauthorized");
 }
@@ -299,8 +231,8 @@ async fn a_new_free_user_sees_the_free_tier_and_todays_calls() {
 #[tokio::test]
 async fn transactions_page_by_cursor_and_users_only_ever_see_their_own_billing_data() {
     let stack = Stack::start().await;
-    let (alice, alice_id) = register(&stack, "alice@example.test").await;
-    let (bob, bob_id) = register(&stack, "bob@example.test").await;
+    let (alice, alice_id) = stack.register("alice@example.test").await;
+    let (bob, bob_id) = stack.register("bob@example.test").await;
     for amount in 1..=25 {
         add_credits(&stack, &alice_id, amount, "refund").await;
     }
@@ -412,7 +344,7 @@ async fn transactions_page_by_cursor_and_users_only_ever_see_their_own_billing_d
 #[tokio::test]
 async fn budget_defaults_then_saved_settings_and_field_level_validation() {
     let stack = Stack::start().await;
-    let (token, _) = register(&stack, "budget@example.test").await;
+    let (token, _) = stack.register("budget@example.test").await;
 
     let (status, mut body) = get(&stack, "/api/budget", &token).await;
     assert_eq!(status, 200, "{body}");
@@ -486,7 +418,7 @@ async fn budget_defaults_then_saved_settings_and_field_level_validation() {
 #[tokio::test]
 async fn fifty_concurrent_deductions_never_overdraw_and_leave_a_consistent_ledger() {
     let stack = Stack::start().await;
-    let (token, user_id) = register(&stack, "racer@example.test").await;
+    let (token, user_id) = stack.register("racer@example.test").await;
     add_credits(&stack, &user_id, 7, "admin_adjustment").await;
 
     let mut racers = tokio::task::JoinSet::new();
@@ -544,7 +476,7 @@ async fn fifty_concurrent_deductions_never_overdraw_and_leave_a_consistent_ledge
 #[tokio::test]
 async fn stripe_purchases_are_verified_credited_once_and_replays_change_nothing() {
     let stack = Stack::start().await;
-    let (token, user_id) = register(&stack, "buyer@example.test").await;
+    let (token, user_id) = stack.register("buyer@example.test").await;
 
     let purchase = checkout_completed("evt_purchase_1", &user_id, "pi_1", 50);
     let body = purchase.to_string();
@@ -687,7 +619,7 @@ async fn stripe_purchases_are_verified_credited_once_and_replays_change_nothing(
 #[tokio::test]
 async fn stripe_subscription_invoice_sets_the_tier_and_deletion_returns_to_free() {
     let stack = Stack::start().await;
-    let (token, user_id) = register(&stack, "subscriber@example.test").await;
+    let (token, user_id) = stack.register("subscriber@example.test").await;
 
     let invoice = stripe_event(
         "evt_invoice_1",
@@ -740,7 +672,7 @@ async fn stripe_subscription_invoice_sets_the_tier_and_deletion_returns_to_free(
     assert_eq!(credits["subscription_status"], "canceled");
     assert_eq!(credits["available_credits"], 500);
     assert_eq!(credits["limits"]["calls_per_day"], 3);
-    let row = db(&stack)
+    let row = stack.db()
         .await
         .query_one(
             "SELECT max_calls_per_day, max_call_duration_seconds FROM user_credits WHERE user_id = $1",
@@ -771,18 +703,21 @@ async fn stripe_subscription_invoice_sets_the_tier_and_deletion_returns_to_free(
 #[tokio::test]
 async fn admin_stats_are_for_admins_only() {
     let stack = Stack::start().await;
-    let (user_token, user_id) = register(&stack, "plain@example.test").await;
-    register(&stack, "boss@example.test").await;
+    let (user_token, user_id) = stack.register("plain@example.test").await;
+    stack.register("boss@example.test").await;
 
     let (status, body) = get(&stack, "/api/admin/stats", &user_token).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (403, Some("forbidden"))
     );
-    let (status, _) = send(&stack, Method::GET, "/api/admin/stats", None, None).await;
+    let (status, _) = stack
+        .json(Method::GET, "/api/admin/stats", None, None)
+        .await;
     assert_eq!(status, 401);
 
-    db(&stack)
+    stack
+        .db()
         .await
         .execute(
             "UPDATE users SET role = 'admin' WHERE email = 'boss@example.test'",
@@ -790,11 +725,12 @@ async fn admin_stats_are_for_admins_only() {
         )
         .await
         .expect("promote");
-    let admin = login(&stack, "boss@example.test").await;
+    let admin = stack.login("boss@example.test").await;
 
     // Some activity to report: a purchase today, and a basic-tier user who is low on credits.
     add_credits(&stack, &user_id, 4, "refund").await;
-    db(&stack)
+    stack
+        .db()
         .await
         .execute(
             "UPDATE user_credits SET subscription_tier = 'basic' WHERE user_id = $1",
@@ -820,7 +756,8 @@ async fn admin_stats_are_for_admins_only() {
     );
 
     // The role lives in the database: a demoted admin's token stops working at once.
-    db(&stack)
+    stack
+        .db()
         .await
         .execute(
             "UPDATE users SET role = 'user' WHERE email = 'boss@example.test'",

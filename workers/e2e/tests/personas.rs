@@ -5,103 +5,16 @@
 //! user in SQL and logging in again (the role is a claim of the session token, and the database
 //! confirms it on every admin request).
 
-use callmeback_e2e::Stack;
+use callmeback_e2e::{Stack, field_code};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-const PASSWORD: &str = "correct horse battery staple";
-
-/// Sends a JSON request to the Worker and returns the status and the parsed body (`Null` for an
-/// empty body).
-async fn send(
-    stack: &Stack,
-    method: Method,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = stack
-        .http
-        .request(method.clone(), format!("{}{path}", stack.worker_url));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.expect("request reaches the Worker");
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("body readable");
-    let value = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or_else(|_| {
-            panic!(
-                "{method} {path} answered {status} with non-JSON: {text}\nworker log:\n{}",
-                stack.worker_log()
-            )
-        })
-    };
-    (status, value)
-}
-
 async fn get(stack: &Stack, path: &str, token: Option<&str>) -> (u16, Value) {
-    send(stack, Method::GET, path, token, None).await
+    stack.json(Method::GET, path, token, None).await
 }
 
 async fn put(stack: &Stack, path: &str, token: &str, body: Value) -> (u16, Value) {
-    send(stack, Method::PUT, path, Some(token), Some(body)).await
-}
-
-async fn db(stack: &Stack) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(&stack.database_url, tokio_postgres::NoTls)
-        .await
-        .expect("test database reachable");
-    tokio::spawn(connection);
-    client
-}
-
-/// Registers a user and returns (token, user id).
-async fn register(stack: &Stack, email: &str) -> (String, String) {
-    let (status, body) = send(
-        stack,
-        Method::POST,
-        "/api/auth/register",
-        None,
-        Some(json!({"email": email, "password": PASSWORD, "name": "Test User"})),
-    )
-    .await;
-    assert_eq!(status, 201, "register: {body}");
-    let token = body["token"].as_str().expect("token").to_owned();
-    let user_id = body["user"]["id"].as_str().expect("user id").to_owned();
-    (token, user_id)
-}
-
-async fn login(stack: &Stack, email: &str) -> String {
-    let (status, body) = send(
-        stack,
-        Method::POST,
-        "/api/auth/login",
-        None,
-        Some(json!({"email": email, "password": PASSWORD})),
-    )
-    .await;
-    assert_eq!(status, 200, "login: {body}");
-    body["token"].as_str().expect("token").to_owned()
-}
-
-/// Registers a user, promotes them to admin in SQL and logs in again for a token with the role.
-async fn admin_token(stack: &Stack, email: &str) -> String {
-    register(stack, email).await;
-    db(stack)
-        .await
-        .execute(
-            "UPDATE users SET role = 'admin' WHERE email = $1",
-            &[&email],
-        )
-        .await
-        .expect("promote");
-    login(stack, email).await
+    stack.json(Method::PUT, path, Some(token), Some(body)).await
 }
 
 fn ids(list: &Value, key: &str) -> Vec<String> {
@@ -110,12 +23,6 @@ fn ids(list: &Value, key: &str) -> Vec<String> {
         .iter()
         .map(|item| item[key].as_str().expect("string id").to_owned())
         .collect()
-}
-
-fn field_code<'a>(body: &'a Value, field: &str) -> &'a str {
-    body["error"]["fields"][field]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error for field {field}: {body}"))
 }
 
 #[tokio::test]
@@ -167,7 +74,7 @@ async fn the_public_catalogue_shows_personas_and_templates_without_prompts() {
 #[tokio::test]
 async fn relationships_upsert_partially_filter_favorites_and_validate() {
     let stack = Stack::start().await;
-    let (token, _) = register(&stack, "rel@example.test").await;
+    let (token, _) = stack.register("rel@example.test").await;
 
     let (status, body) = get(&stack, "/api/me/personas", None).await;
     assert_eq!(
@@ -245,7 +152,8 @@ async fn relationships_upsert_partially_filter_favorites_and_validate() {
     assert_eq!(field_code(&body, "favorite"), "invalid_type");
 
     // Ordered by the most recent call first.
-    db(&stack)
+    stack
+        .db()
         .await
         .execute(
             "UPDATE user_persona_relationships SET last_call_at = now(), total_calls = 2, \
@@ -361,8 +269,8 @@ async fn relationships_upsert_partially_filter_favorites_and_validate() {
 #[tokio::test]
 async fn users_can_neither_read_nor_change_each_others_relationships() {
     let stack = Stack::start().await;
-    let (alice, alice_id) = register(&stack, "alice@example.test").await;
-    let (bob, bob_id) = register(&stack, "bob@example.test").await;
+    let (alice, alice_id) = stack.register("alice@example.test").await;
+    let (bob, bob_id) = stack.register("bob@example.test").await;
 
     let (status, body) = put(
         &stack,
@@ -409,7 +317,7 @@ async fn users_can_neither_read_nor_change_each_others_relationships() {
     let (_, body) = get(&stack, "/api/me/personas?favorite=true", Some(&bob)).await;
     assert_eq!(body["relationships"], json!([]));
 
-    let rows = db(&stack)
+    let rows = stack.db()
         .await
         .query(
             "SELECT user_id, relationship_type, is_favorite FROM user_persona_relationships ORDER BY user_id = $1 DESC",
@@ -433,7 +341,7 @@ async fn users_can_neither_read_nor_change_each_others_relationships() {
 #[tokio::test]
 async fn admins_create_update_and_retire_personas() {
     let stack = Stack::start().await;
-    let (user, _) = register(&stack, "plain@example.test").await;
+    let (user, _) = stack.register("plain@example.test").await;
     let persona = json!({
         "id": "coach-kim",
         "name": "Kim",
@@ -455,32 +363,32 @@ async fn admins_create_update_and_retire_personas() {
         (Method::DELETE, "/api/admin/personas/brad"),
     ] {
         let body = matches!(method, Method::POST | Method::PUT).then(|| persona.clone());
-        let (status, body) = send(&stack, method.clone(), path, Some(&user), body).await;
+        let (status, body) = stack.json(method.clone(), path, Some(&user), body).await;
         assert_eq!(
             (status, body["error"]["code"].as_str()),
             (403, Some("forbidden")),
             "{method} {path}"
         );
     }
-    let (status, _) = send(
-        &stack,
-        Method::POST,
-        "/api/admin/personas",
-        None,
-        Some(persona.clone()),
-    )
-    .await;
+    let (status, _) = stack
+        .json(
+            Method::POST,
+            "/api/admin/personas",
+            None,
+            Some(persona.clone()),
+        )
+        .await;
     assert_eq!(status, 401);
 
-    let admin = admin_token(&stack, "admin@example.test").await;
-    let (status, body) = send(
-        &stack,
-        Method::POST,
-        "/api/admin/personas",
-        Some(&admin),
-        Some(persona.clone()),
-    )
-    .await;
+    let admin = stack.admin_token("admin@example.test").await;
+    let (status, body) = stack
+        .json(
+            Method::POST,
+            "/api/admin/personas",
+            Some(&admin),
+            Some(persona.clone()),
+        )
+        .await;
     assert_eq!(status, 201, "{body}");
     let kim = &body["persona"];
     assert_eq!(kim["id"], "coach-kim");
@@ -492,23 +400,21 @@ async fn admins_create_update_and_retire_personas() {
     assert_eq!(kim["llm_max_tokens"], 120);
     assert_eq!(kim["is_active"], true);
 
-    let (status, body) = send(
-        &stack,
-        Method::POST,
-        "/api/admin/personas",
-        Some(&admin),
-        Some(persona.clone()),
-    )
-    .await;
+    let (status, body) = stack
+        .json(
+            Method::POST,
+            "/api/admin/personas",
+            Some(&admin),
+            Some(persona.clone()),
+        )
+        .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (409, Some("conflict")),
         "{body}"
     );
 
-    let (status, body) = send(
-        &stack,
-        Method::POST,
+    let (status, body) = stack.json(Method::POST,
         "/api/admin/personas",
         Some(&admin),
         Some(json!({"id": "Bad Id", "name": "", "avatar_url": "http://insecure.test/a.png", "llm_temperature": 3})),
@@ -582,32 +488,32 @@ async fn admins_create_update_and_retire_personas() {
     )
     .await;
     assert_eq!(status, 200);
-    let (status, body) = send(
-        &stack,
-        Method::DELETE,
-        "/api/admin/personas/coach-kim",
-        Some(&admin),
-        None,
-    )
-    .await;
+    let (status, body) = stack
+        .json(
+            Method::DELETE,
+            "/api/admin/personas/coach-kim",
+            Some(&admin),
+            None,
+        )
+        .await;
     assert_eq!((status, &body), (204, &Value::Null));
-    let (status, _) = send(
-        &stack,
-        Method::DELETE,
-        "/api/admin/personas/coach-kim",
-        Some(&admin),
-        None,
-    )
-    .await;
+    let (status, _) = stack
+        .json(
+            Method::DELETE,
+            "/api/admin/personas/coach-kim",
+            Some(&admin),
+            None,
+        )
+        .await;
     assert_eq!(status, 204, "retiring twice is harmless");
-    let (status, _) = send(
-        &stack,
-        Method::DELETE,
-        "/api/admin/personas/nobody",
-        Some(&admin),
-        None,
-    )
-    .await;
+    let (status, _) = stack
+        .json(
+            Method::DELETE,
+            "/api/admin/personas/nobody",
+            Some(&admin),
+            None,
+        )
+        .await;
     assert_eq!(status, 404);
 
     let (_, body) = get(&stack, "/api/personas", None).await;
@@ -634,7 +540,8 @@ async fn admins_create_update_and_retire_personas() {
     assert_eq!(kim["is_active"], false);
 
     // The database has the last word on the role: a demoted admin's token stops working.
-    db(&stack)
+    stack
+        .db()
         .await
         .execute(
             "UPDATE users SET role = 'user' WHERE email = 'admin@example.test'",
@@ -652,7 +559,7 @@ async fn admins_create_update_and_retire_personas() {
 #[tokio::test]
 async fn admins_create_update_and_retire_templates() {
     let stack = Stack::start().await;
-    let (user, _) = register(&stack, "plain@example.test").await;
+    let (user, _) = stack.register("plain@example.test").await;
     let template = json!({
         "id": "tpl_focus",
         "name": "Deep focus",
@@ -675,39 +582,37 @@ async fn admins_create_update_and_retire_templates() {
         ),
     ] {
         let body = matches!(method, Method::POST | Method::PUT).then(|| template.clone());
-        let (status, _) = send(&stack, method.clone(), path, Some(&user), body).await;
+        let (status, _) = stack.json(method.clone(), path, Some(&user), body).await;
         assert_eq!(status, 403, "{method} {path}");
     }
 
-    let admin = admin_token(&stack, "admin@example.test").await;
-    let (status, body) = send(
-        &stack,
-        Method::POST,
-        "/api/admin/templates",
-        Some(&admin),
-        Some(template.clone()),
-    )
-    .await;
+    let admin = stack.admin_token("admin@example.test").await;
+    let (status, body) = stack
+        .json(
+            Method::POST,
+            "/api/admin/templates",
+            Some(&admin),
+            Some(template.clone()),
+        )
+        .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(
         body["template"]["system_prompt_addition"],
         "Help them plan one focused hour."
     );
-    let (status, body) = send(
-        &stack,
-        Method::POST,
-        "/api/admin/templates",
-        Some(&admin),
-        Some(template.clone()),
-    )
-    .await;
+    let (status, body) = stack
+        .json(
+            Method::POST,
+            "/api/admin/templates",
+            Some(&admin),
+            Some(template.clone()),
+        )
+        .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (409, Some("conflict"))
     );
-    let (status, body) = send(
-        &stack,
-        Method::POST,
+    let (status, body) = stack.json(Method::POST,
         "/api/admin/templates",
         Some(&admin),
         Some(json!({"id": "tpl_ghost", "name": "Ghost", "persona_id": "nobody", "system_prompt_addition": "x"})),
@@ -715,9 +620,7 @@ async fn admins_create_update_and_retire_templates() {
     .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(field_code(&body, "persona_id"), "unknown_persona");
-    let (status, body) = send(
-        &stack,
-        Method::POST,
+    let (status, body) = stack.json(Method::POST,
         "/api/admin/templates",
         Some(&admin),
         Some(json!({"id": "tpl_x", "name": "X", "system_prompt_addition": "x", "suggested_duration_minutes": 0})),
@@ -762,14 +665,14 @@ async fn admins_create_update_and_retire_templates() {
     .await;
     assert_eq!(status, 404);
 
-    let (status, _) = send(
-        &stack,
-        Method::DELETE,
-        "/api/admin/templates/tpl_focus",
-        Some(&admin),
-        None,
-    )
-    .await;
+    let (status, _) = stack
+        .json(
+            Method::DELETE,
+            "/api/admin/templates/tpl_focus",
+            Some(&admin),
+            None,
+        )
+        .await;
     assert_eq!(status, 204);
     let (_, body) = get(&stack, "/api/templates", None).await;
     assert!(!ids(&body["templates"], "id").contains(&"tpl_focus".to_owned()));
