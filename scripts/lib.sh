@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for the project's scripts. Sourced, never run.
 #
 # Everything the scripts create lives under .local/ (git-ignored): the Postgres cluster, logs, pid
@@ -10,6 +11,7 @@ LOCAL="$ROOT/.local"
 mkdir -p "$LOCAL"
 
 # Versions the project is verified with. worker-build and wasm-bindgen-cli must match Cargo.lock.
+# shellcheck disable=SC2034 # used by scripts/bootstrap, which sources this file
 WORKER_BUILD_VERSION="0.8.7"
 
 say() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
