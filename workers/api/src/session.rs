@@ -7,6 +7,9 @@
 //! token is therefore refused on its very next request, and the check costs no round trip of its
 //! own; if it fails, the batch rolls back and nothing else ran.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use callmeback_auth::{Keyring, Role, SessionClaims};
 use callmeback_gateway_api::{OpCall, OpResult, codes};
 use worker::{Env, Request};
@@ -57,15 +60,31 @@ pub fn forbidden() -> ApiError {
 }
 
 /// The JWT keyring from the `JWT_SIGNING_KEYS` secret (`kid:base64,kid:base64`; first one signs).
-pub fn keyring(env: &Env) -> Result<Keyring, ApiError> {
+///
+/// Parsed once per isolate and reused while the secret is unchanged: every authenticated request
+/// needs it, and decoding keys per request would be wasted CPU on the hot path.
+pub fn keyring(env: &Env) -> Result<Rc<Keyring>, ApiError> {
+    thread_local! {
+        static CACHE: RefCell<Option<(String, Rc<Keyring>)>> = const { RefCell::new(None) };
+    }
     let spec = env
         .secret("JWT_SIGNING_KEYS")
         .map(|s| s.to_string())
         .map_err(|_| misconfigured())?;
-    Keyring::parse(&spec).map_err(|e| {
+    if let Some(cached) = CACHE.with_borrow(|cache| {
+        cache
+            .as_ref()
+            .filter(|(cached_spec, _)| *cached_spec == spec)
+            .map(|(_, ring)| Rc::clone(ring))
+    }) {
+        return Ok(cached);
+    }
+    let ring = Rc::new(Keyring::parse(&spec).map_err(|e| {
         worker::console_error!("JWT_SIGNING_KEYS is invalid: {e}");
         misconfigured()
-    })
+    })?);
+    CACHE.with_borrow_mut(|cache| *cache = Some((spec, Rc::clone(&ring))));
+    Ok(ring)
 }
 
 fn misconfigured() -> ApiError {
