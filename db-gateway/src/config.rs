@@ -9,12 +9,15 @@
 //! | `GATEWAY_PUBLIC_URL`          | unset            | `scheme://authority` clients sign against when a TLS proxy sits in front (e.g. `https://gw.example.com`). Unset: `http://` + the request's `Host`. |
 //! | `GATEWAY_MIGRATIONS_DIR`      | `migrations`     | Directory of `NNN_name.sql` files. |
 //! | `GATEWAY_POOL_SIZE`           | `16`             | Maximum Postgres connections. |
-//! | `GATEWAY_POOL_WAIT_MS`        | `250`            | Longest wait for a free connection before answering 503 `overloaded`. |
+//! | `GATEWAY_POOL_WAIT_MS`        | `250`            | Longest wait for a free connection (or pipelined read slot) before answering 503 `overloaded`. |
+//! | `GATEWAY_PIPELINE_CONNECTIONS`| `2`              | Shared connections that pipeline single reads (see `crate::pipeline`), in addition to the pool; `0` sends every read through the pool. |
+//! | `GATEWAY_PIPELINE_DEPTH`      | `64`             | Most reads in flight per shared connection; beyond that a read waits up to `GATEWAY_POOL_WAIT_MS`, then gets 503 `overloaded`. |
 //! | `GATEWAY_BODY_LIMIT_BYTES`    | `1048576`        | Largest request body; larger gets 413 `payload_too_large`. |
 //! | `GATEWAY_MAX_SKEW_SECS`       | `300`            | Allowed distance between a signature's `created` and the gateway clock; also how long nonces are remembered. |
 //! | `GATEWAY_LOG`                 | `info`           | `tracing` filter, e.g. `info,db_gateway=debug`. |
 //! | `GATEWAY_BENCH_OPS`           | `0`              | `1` registers `bench.account_balance` (the `pgbench -S` statement). |
 //! | `GATEWAY_SHUTDOWN_GRACE_SECS` | `30`             | How long in-flight requests may run after SIGTERM/SIGINT. |
+//! | `GATEWAY_WORKER_THREADS`      | CPU count        | Tokio worker threads (read by the binary before the runtime starts, see [`worker_threads_from_env`]). |
 //!
 //! Empty values count as unset. Errors name the variable but never echo its value (it could be
 //! a connection string with a password).
@@ -35,6 +38,10 @@ pub struct Config {
     pub migrations_dir: PathBuf,
     pub pool_size: usize,
     pub pool_wait: Duration,
+    /// Shared connections for pipelined single reads; 0 disables pipelining.
+    pub pipeline_connections: usize,
+    /// Most reads in flight per shared connection.
+    pub pipeline_depth: usize,
     pub body_limit_bytes: usize,
     pub max_skew_secs: i64,
     pub log_filter: String,
@@ -65,6 +72,8 @@ impl Config {
             migrations_dir: PathBuf::from("migrations"),
             pool_size: 16,
             pool_wait: Duration::from_millis(250),
+            pipeline_connections: 2,
+            pipeline_depth: 64,
             body_limit_bytes: 1024 * 1024,
             max_skew_secs: 300,
             log_filter: "info".to_owned(),
@@ -124,6 +133,28 @@ impl Config {
             config.pool_wait =
                 Duration::from_millis(parse(&value, "GATEWAY_POOL_WAIT_MS", "milliseconds")?);
         }
+        if let Some(value) = get("GATEWAY_PIPELINE_CONNECTIONS") {
+            config.pipeline_connections = parse(
+                &value,
+                "GATEWAY_PIPELINE_CONNECTIONS",
+                "an integer from 0 to 64",
+            )?;
+            if config.pipeline_connections > MAX_PIPELINE_CONNECTIONS {
+                return Err(ConfigError::Invalid {
+                    var: "GATEWAY_PIPELINE_CONNECTIONS",
+                    expected: "an integer from 0 to 64",
+                });
+            }
+        }
+        if let Some(value) = get("GATEWAY_PIPELINE_DEPTH") {
+            config.pipeline_depth = parse(&value, "GATEWAY_PIPELINE_DEPTH", "an integer from 1")?;
+            if config.pipeline_depth == 0 {
+                return Err(ConfigError::Invalid {
+                    var: "GATEWAY_PIPELINE_DEPTH",
+                    expected: "an integer from 1",
+                });
+            }
+        }
         if let Some(value) = get("GATEWAY_BODY_LIMIT_BYTES") {
             config.body_limit_bytes = parse(&value, "GATEWAY_BODY_LIMIT_BYTES", "a byte count")?;
         }
@@ -151,6 +182,37 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+/// More shared connections than this would defeat their purpose (few busy backends).
+const MAX_PIPELINE_CONNECTIONS: usize = 64;
+
+/// `GATEWAY_WORKER_THREADS`: how many tokio worker threads the binary starts, `None` for
+/// tokio's default (one per CPU). It is read apart from [`Config`] because the runtime must
+/// exist before anything else runs, including commands that need no database (`gen-key`).
+///
+/// Fewer threads than cores can help when the gateway shares a small machine with Postgres:
+/// every extra worker is one more thread to wake and migrate between the same few cores.
+pub fn worker_threads_from_env() -> Result<Option<usize>, ConfigError> {
+    worker_threads_from_lookup(|name| std::env::var(name).ok())
+}
+
+fn worker_threads_from_lookup(
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<Option<usize>, ConfigError> {
+    const VAR: &str = "GATEWAY_WORKER_THREADS";
+    const EXPECTED: &str = "an integer from 1 to 1024";
+    let Some(value) = lookup(VAR).filter(|value| !value.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let threads: usize = parse(&value, VAR, EXPECTED)?;
+    if !(1..=1024).contains(&threads) {
+        return Err(ConfigError::Invalid {
+            var: VAR,
+            expected: EXPECTED,
+        });
+    }
+    Ok(Some(threads))
 }
 
 fn parse<T: std::str::FromStr>(
@@ -207,6 +269,8 @@ mod tests {
         assert_eq!(config.admin_listen.to_string(), "127.0.0.1:7071");
         assert_eq!(config.pool_size, 16);
         assert_eq!(config.pool_wait, Duration::from_millis(250));
+        assert_eq!(config.pipeline_connections, 2);
+        assert_eq!(config.pipeline_depth, 64);
         assert_eq!(config.body_limit_bytes, 1_048_576);
         assert_eq!(config.max_skew_secs, 300);
         assert_eq!(config.migrations_dir, PathBuf::from("migrations"));
@@ -225,6 +289,8 @@ mod tests {
             ("GATEWAY_MIGRATIONS_DIR", "/srv/migrations"),
             ("GATEWAY_POOL_SIZE", "4"),
             ("GATEWAY_POOL_WAIT_MS", "50"),
+            ("GATEWAY_PIPELINE_CONNECTIONS", "0"),
+            ("GATEWAY_PIPELINE_DEPTH", "8"),
             ("GATEWAY_BODY_LIMIT_BYTES", "1024"),
             ("GATEWAY_MAX_SKEW_SECS", "60"),
             ("GATEWAY_LOG", "debug"),
@@ -239,6 +305,8 @@ mod tests {
         assert_eq!(config.migrations_dir, PathBuf::from("/srv/migrations"));
         assert_eq!(config.pool_size, 4);
         assert_eq!(config.pool_wait, Duration::from_millis(50));
+        assert_eq!(config.pipeline_connections, 0);
+        assert_eq!(config.pipeline_depth, 8);
         assert_eq!(config.body_limit_bytes, 1024);
         assert_eq!(config.max_skew_secs, 60);
         assert_eq!(config.log_filter, "debug");
@@ -264,11 +332,36 @@ mod tests {
             ("GATEWAY_BENCH_OPS", "maybe"),
             ("GATEWAY_LISTEN", "localhost"),
             ("GATEWAY_MAX_SKEW_SECS", "0"),
+            ("GATEWAY_PIPELINE_CONNECTIONS", "65"),
+            ("GATEWAY_PIPELINE_CONNECTIONS", "-1"),
+            ("GATEWAY_PIPELINE_DEPTH", "0"),
         ] {
             let error = config(&[("DATABASE_URL", "postgres://h/db"), (var, value)]).unwrap_err();
             assert!(
                 matches!(error, ConfigError::Invalid { var: v, .. } if v == var),
                 "{var}={value}"
+            );
+        }
+    }
+
+    #[test]
+    fn worker_threads_default_to_tokio_and_are_bounded() {
+        let lookup = |value: &'static str| {
+            move |name: &str| (name == "GATEWAY_WORKER_THREADS").then(|| value.to_owned())
+        };
+        assert_eq!(worker_threads_from_lookup(|_| None), Ok(None));
+        assert_eq!(worker_threads_from_lookup(lookup(" ")), Ok(None));
+        assert_eq!(worker_threads_from_lookup(lookup("1")), Ok(Some(1)));
+        for bad in ["0", "1025", "two"] {
+            assert!(
+                matches!(
+                    worker_threads_from_lookup(lookup(bad)),
+                    Err(ConfigError::Invalid {
+                        var: "GATEWAY_WORKER_THREADS",
+                        ..
+                    })
+                ),
+                "{bad}"
             );
         }
     }

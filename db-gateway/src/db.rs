@@ -1,10 +1,11 @@
 //! Running registry operations on pooled connections.
 //!
-//! Cost model of the hot path (a single read with the default timeout): one pool checkout, a
+//! Cost model of a single operation with the default timeout: one pool checkout, a
 //! prepared-statement cache hit (each pooled connection prepares a statement once), and one
 //! Bind/Execute round trip. The default `statement_timeout` is a connection startup parameter,
 //! so it costs nothing per request; only operations that override it, and batches, pay for a
-//! transaction.
+//! transaction. Single reads usually skip the pool altogether and run pipelined on shared
+//! connections (`crate::pipeline`, through [`PreparedRead`]); this module is their fallback.
 //!
 //! Connections are recycled with deadpool's `Fast` method (no health query per checkout): a
 //! broken connection shows up as `is_closed()` and is dropped by the pool. A request abandoned
@@ -31,20 +32,35 @@ const IDLE_IN_TRANSACTION_TIMEOUT_MS: u32 = 30_000;
 /// Connecting to a local Postgres takes milliseconds; longer means it is down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The connection pool, with the session defaults every connection starts with.
-pub fn build_pool(config: &Config) -> Result<Pool, deadpool_postgres::BuildError> {
-    let mut database = config.database.clone();
+/// `application_name` of pooled connections (unless `DATABASE_URL` sets one).
+pub const POOL_APPLICATION_NAME: &str = "db-gateway";
+
+/// `database` with the session defaults every gateway connection starts with: startup
+/// parameters cost no round trip, so the hot path needs no `SET`. `extra_options` adds more
+/// `-c name=value` settings; `application_name` applies unless the URL set one.
+pub(crate) fn session_config(
+    database: &tokio_postgres::Config,
+    application_name: &str,
+    extra_options: &str,
+) -> tokio_postgres::Config {
+    let mut database = database.clone();
     let mut options = database.get_options().unwrap_or_default().to_owned();
     options.push_str(&format!(
-        " -c statement_timeout={DEFAULT_STATEMENT_TIMEOUT_MS} -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}"
+        " -c statement_timeout={DEFAULT_STATEMENT_TIMEOUT_MS} -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS} {extra_options}"
     ));
-    database.options(options.trim_start());
+    database.options(options.trim());
     if database.get_application_name().is_none() {
-        database.application_name("db-gateway");
+        database.application_name(application_name);
     }
     if database.get_connect_timeout().is_none() {
         database.connect_timeout(CONNECT_TIMEOUT);
     }
+    database
+}
+
+/// The connection pool, with the session defaults every connection starts with.
+pub fn build_pool(config: &Config) -> Result<Pool, deadpool_postgres::BuildError> {
+    let database = session_config(&config.database, POOL_APPLICATION_NAME, "");
     let manager = Manager::from_config(
         database,
         NoTls,
@@ -146,10 +162,13 @@ pub(crate) struct BatchOutput {
     pub(crate) results: Vec<OpOutput>,
 }
 
-/// A plain connection or an open transaction; both prepare through the per-connection cache.
-enum Conn<'c, 't> {
+/// A pooled connection, an open transaction, or a shared pipelined connection. Pooled ones
+/// prepare through deadpool's per-connection cache; shared ones hold their statements
+/// themselves (see [`PreparedRead`]).
+pub(crate) enum Conn<'c, 't> {
     Plain(&'c deadpool_postgres::Client),
     Tx(&'c deadpool_postgres::Transaction<'t>),
+    Shared(&'c tokio_postgres::Client),
 }
 
 impl Conn<'_, '_> {
@@ -157,6 +176,7 @@ impl Conn<'_, '_> {
         match self {
             Conn::Plain(client) => client.prepare_cached(sql).await,
             Conn::Tx(transaction) => transaction.prepare_cached(sql).await,
+            Conn::Shared(client) => client.prepare(sql).await,
         }
     }
 
@@ -168,6 +188,7 @@ impl Conn<'_, '_> {
         match self {
             Conn::Plain(client) => client.query(statement, params).await,
             Conn::Tx(transaction) => transaction.query(statement, params).await,
+            Conn::Shared(client) => client.query(statement, params).await,
         }
     }
 
@@ -179,7 +200,47 @@ impl Conn<'_, '_> {
         match self {
             Conn::Plain(client) => client.execute(statement, params).await,
             Conn::Tx(transaction) => transaction.execute(statement, params).await,
+            Conn::Shared(client) => client.execute(statement, params).await,
         }
+    }
+}
+
+/// A statement prepared on one connection, with the codecs of its result columns chosen once.
+#[derive(Debug)]
+pub(crate) struct PreparedRead {
+    statement: Statement,
+    codecs: Box<[ColumnCodec]>,
+}
+
+impl PreparedRead {
+    /// Prepares `op` on `client` (one round trip).
+    pub(crate) async fn prepare(
+        client: &tokio_postgres::Client,
+        op: &'static OpDef,
+    ) -> Result<Self, ApiError> {
+        let statement = Conn::Shared(client)
+            .prepare_cached(op.sql)
+            .await
+            .map_err(|error| ApiError::from_postgres(&error, op.name))?;
+        let codecs = column_codecs(op, &statement)?;
+        Ok(Self { statement, codecs })
+    }
+
+    /// Runs the statement on `client`, which must be the connection it was prepared on.
+    pub(crate) async fn run(
+        &self,
+        client: &tokio_postgres::Client,
+        op: &'static OpDef,
+        params: &[BoundParam<'_>],
+    ) -> Result<OpOutput, ApiError> {
+        execute(
+            &Conn::Shared(client),
+            op,
+            &self.statement,
+            &self.codecs,
+            params,
+        )
+        .await
     }
 }
 
@@ -281,36 +342,56 @@ async fn run_op(
     op: &'static OpDef,
     params: &[BoundParam<'_>],
 ) -> Result<OpOutput, ApiError> {
+    let statement = conn
+        .prepare_cached(op.sql)
+        .await
+        .map_err(|error| ApiError::from_postgres(&error, op.name))?;
+    let codecs = column_codecs(op, &statement)?;
+    execute(conn, op, &statement, &codecs, params).await
+}
+
+/// How each result column of `statement` becomes JSON.
+fn column_codecs(op: &OpDef, statement: &Statement) -> Result<Box<[ColumnCodec]>, ApiError> {
+    statement
+        .columns()
+        .iter()
+        .map(|column| {
+            ColumnCodec::for_type(column.type_()).ok_or_else(|| {
+                ApiError::Internal(format!(
+                    "operation `{}` column `{}` has unsupported type {}",
+                    op.name,
+                    column.name(),
+                    column.type_()
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Runs an already prepared statement and decodes its rows; `codecs` come from
+/// [`column_codecs`] for the same statement.
+async fn execute(
+    conn: &Conn<'_, '_>,
+    op: &'static OpDef,
+    statement: &Statement,
+    codecs: &[ColumnCodec],
+    params: &[BoundParam<'_>],
+) -> Result<OpOutput, ApiError> {
     let pg_error = |error: tokio_postgres::Error| ApiError::from_postgres(&error, op.name);
-    let statement = conn.prepare_cached(op.sql).await.map_err(pg_error)?;
     let params: Vec<&(dyn ToSql + Sync)> = params
         .iter()
         .map(|param| param as &(dyn ToSql + Sync))
         .collect();
 
     let output = if statement.columns().is_empty() {
-        let affected = conn.execute(&statement, &params).await.map_err(pg_error)?;
+        let affected = conn.execute(statement, &params).await.map_err(pg_error)?;
         OpOutput {
             statement: None,
             rows: Vec::new(),
             row_count: affected,
         }
     } else {
-        let rows = conn.query(&statement, &params).await.map_err(pg_error)?;
-        let codecs = statement
-            .columns()
-            .iter()
-            .map(|column| {
-                ColumnCodec::for_type(column.type_()).ok_or_else(|| {
-                    ApiError::Internal(format!(
-                        "operation `{}` column `{}` has unsupported type {}",
-                        op.name,
-                        column.name(),
-                        column.type_()
-                    ))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let rows = conn.query(statement, &params).await.map_err(pg_error)?;
         let decoded = rows
             .iter()
             .map(|row| {
@@ -329,7 +410,7 @@ async fn run_op(
             })?;
         OpOutput {
             row_count: decoded.len() as u64,
-            statement: Some(statement),
+            statement: Some(statement.clone()),
             rows: decoded,
         }
     };

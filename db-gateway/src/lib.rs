@@ -11,6 +11,7 @@
 //! - [`ops`]: the operation registry, parameter binding and result encoding.
 //! - [`migrate`]: the schema migrator.
 //! - [`db`]: pool construction and running operations (single and batch).
+//! - [`pipeline`]: single reads pipelined on a few shared connections.
 //! - `http`: the API and admin routers, auth extractor and access logging.
 //! - [`error`]: the API error type and its stable codes.
 //! - [`metrics`], [`telemetry`]: Prometheus metrics and JSON logs.
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod nonce;
 pub mod ops;
+pub mod pipeline;
 pub mod startup;
 pub mod telemetry;
 

@@ -10,20 +10,33 @@
 //! | `gateway_pool_max_size`             | gauge     | —             |
 //! | `gateway_pool_in_use`               | gauge     | —             |
 //! | `gateway_pool_waiting`              | gauge     | —             |
+//! | `gateway_pipeline_max_connections`  | gauge     | —             |
+//! | `gateway_pipeline_connections`      | gauge     | — (open shared connections) |
+//! | `gateway_pipeline_in_flight`        | gauge     | —             |
+//! | `gateway_pipeline_reads_total`      | counter   | — (reads answered on shared connections) |
+//! | `gateway_pipeline_fallbacks_total`  | counter   | — (reads sent to the pool instead) |
+//! | `gateway_pipeline_reconnects_total` | counter   | —             |
 //!
 //! `op` is a registry name, `batch`, or `unknown` (anything that did not resolve to an
 //! operation); client-chosen strings never become label values, so cardinality stays bounded.
 //!
 //! Each [`GatewayMetrics`] owns its recorder instead of installing a process-global one, so
 //! several gateways in one process (the integration tests) keep separate numbers.
+//!
+//! The per-request pair (counter and histogram of one `op` × `status`) is registered once and
+//! its handles kept, so recording a request costs a lookup by the label's address and two
+//! atomic updates rather than building and hashing label sets.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use metrics::{Key, Label, Metadata, Recorder as _};
+use metrics::{Counter, Histogram, Key, Label, Metadata, Recorder as _};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
+
+use crate::pipeline::PipelineStatus;
 
 const REQUESTS_TOTAL: &str = "gateway_requests_total";
 const REQUEST_DURATION: &str = "gateway_request_duration_seconds";
@@ -33,6 +46,12 @@ const POOL_SIZE: &str = "gateway_pool_size";
 const POOL_MAX_SIZE: &str = "gateway_pool_max_size";
 const POOL_IN_USE: &str = "gateway_pool_in_use";
 const POOL_WAITING: &str = "gateway_pool_waiting";
+const PIPELINE_MAX_CONNECTIONS: &str = "gateway_pipeline_max_connections";
+const PIPELINE_CONNECTIONS: &str = "gateway_pipeline_connections";
+const PIPELINE_IN_FLIGHT: &str = "gateway_pipeline_in_flight";
+const PIPELINE_READS: &str = "gateway_pipeline_reads_total";
+const PIPELINE_FALLBACKS: &str = "gateway_pipeline_fallbacks_total";
+const PIPELINE_RECONNECTS: &str = "gateway_pipeline_reconnects_total";
 
 /// Buckets from half a millisecond (a cached point read on loopback) to the 5 s statement
 /// timeout and beyond.
@@ -47,6 +66,22 @@ static METADATA: Metadata<'static> =
 pub struct GatewayMetrics {
     recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
+    requests: Arc<RwLock<HashMap<RequestLabels, RequestHandles>>>,
+}
+
+/// An `op` label by address and length (labels are `'static`; two copies of one name at
+/// different addresses just map to the same registered series) and a status label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct RequestLabels {
+    op_address: usize,
+    op_len: usize,
+    status: &'static str,
+}
+
+#[derive(Debug, Clone)]
+struct RequestHandles {
+    total: Counter,
+    duration: Histogram,
 }
 
 impl Default for GatewayMetrics {
@@ -65,24 +100,60 @@ impl GatewayMetrics {
         Self {
             recorder: Arc::new(recorder),
             handle,
+            requests: Arc::default(),
         }
     }
 
     /// One finished request on the API listener.
     pub fn record_request(&self, op: &'static str, status: u16, duration: Duration) {
-        let labels = [
-            Label::new("op", op),
-            Label::new("status", status_label(status)),
-        ];
-        self.recorder
-            .register_counter(&Key::from_parts(REQUESTS_TOTAL, labels.to_vec()), &METADATA)
-            .increment(1);
-        self.recorder
-            .register_histogram(
-                &Key::from_parts(REQUEST_DURATION, labels.to_vec()),
+        let status = status_label(status);
+        let labels = RequestLabels {
+            op_address: op.as_ptr() as usize,
+            op_len: op.len(),
+            status,
+        };
+        let seconds = duration.as_secs_f64();
+        {
+            let known = self
+                .requests
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(handles) = known.get(&labels) {
+                handles.total.increment(1);
+                handles.duration.record(seconds);
+                return;
+            }
+        }
+        let handles = self.register_request(labels, op, status);
+        handles.total.increment(1);
+        handles.duration.record(seconds);
+    }
+
+    /// First request with these labels: registers its series (registering twice yields the
+    /// same series, so a race here is harmless).
+    #[cold]
+    fn register_request(
+        &self,
+        labels: RequestLabels,
+        op: &'static str,
+        status: &'static str,
+    ) -> RequestHandles {
+        let label_set = [Label::new("op", op), Label::new("status", status)];
+        let handles = RequestHandles {
+            total: self.recorder.register_counter(
+                &Key::from_parts(REQUESTS_TOTAL, label_set.to_vec()),
                 &METADATA,
-            )
-            .record(duration.as_secs_f64());
+            ),
+            duration: self.recorder.register_histogram(
+                &Key::from_parts(REQUEST_DURATION, label_set.to_vec()),
+                &METADATA,
+            ),
+        };
+        self.requests
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(labels, handles.clone());
+        handles
     }
 
     /// A rejected signature, replayed nonce or missing scope; `reason` is the error code.
@@ -102,8 +173,8 @@ impl GatewayMetrics {
             .increment(1);
     }
 
-    /// Prometheus text, with the pool gauges sampled now.
-    pub fn render(&self, pool: &deadpool_postgres::Status) -> String {
+    /// Prometheus text, with the pool and pipeline gauges sampled now.
+    pub fn render(&self, pool: &deadpool_postgres::Status, pipeline: &PipelineStatus) -> String {
         let gauge = |name: &'static str, value: usize| {
             self.recorder
                 .register_gauge(&Key::from_name(name), &METADATA)
@@ -113,6 +184,18 @@ impl GatewayMetrics {
         gauge(POOL_MAX_SIZE, pool.max_size);
         gauge(POOL_IN_USE, pool.size.saturating_sub(pool.available));
         gauge(POOL_WAITING, pool.waiting);
+        gauge(PIPELINE_MAX_CONNECTIONS, pipeline.max_connections);
+        gauge(PIPELINE_CONNECTIONS, pipeline.open_connections);
+        gauge(PIPELINE_IN_FLIGHT, pipeline.in_flight);
+        // Kept by the pipeline itself (it has no recorder); exported as counters.
+        let counter = |name: &'static str, value: u64| {
+            self.recorder
+                .register_counter(&Key::from_name(name), &METADATA)
+                .absolute(value);
+        };
+        counter(PIPELINE_READS, pipeline.reads);
+        counter(PIPELINE_FALLBACKS, pipeline.fallbacks);
+        counter(PIPELINE_RECONNECTS, pipeline.reconnects);
         // Make the counters visible before their first increment, so dashboards and alerts
         // see a 0 rather than "no data".
         self.recorder

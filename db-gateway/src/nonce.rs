@@ -11,12 +11,17 @@
 //! Entries are 128-bit digests of the pair rather than the strings, and the cache is split into
 //! shards so concurrent requests rarely wait on the same lock. A hard cap bounds memory: when a
 //! shard is full the request is refused (fail closed) rather than forgetting nonces early.
+//!
+//! The digest is two SipHash-1-3 values under random per-process keys, not a cryptographic
+//! hash: a replay always maps to the same digest, so detection never depends on the hash's
+//! strength; a collision could only make a fresh nonce look replayed, which takes about 2^64
+//! pairs to happen by chance and cannot be aimed at without the keys. It costs a fraction of a
+//! SHA-256 on every signed request.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasher as _, BuildHasherDefault, Hash as _, Hasher};
 use std::sync::Mutex;
-
-use sha2::{Digest as _, Sha256};
 
 const SHARDS: usize = 16;
 /// Buckets per skew window: finer buckets free memory sooner, coarser ones mean fewer lookups.
@@ -38,6 +43,8 @@ pub struct NonceCache {
     bucket_secs: i64,
     max_entries_per_shard: usize,
     shards: Vec<Mutex<Shard>>,
+    /// Two independently keyed hashers: together a 128-bit digest.
+    digest_keys: [RandomState; 2],
 }
 
 #[derive(Debug, Default)]
@@ -56,6 +63,7 @@ impl NonceCache {
             bucket_secs: (max_skew_secs / BUCKETS_PER_WINDOW).max(1),
             max_entries_per_shard: max_entries.div_ceil(SHARDS).max(1),
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            digest_keys: [RandomState::new(), RandomState::new()],
         }
     }
 
@@ -68,7 +76,7 @@ impl NonceCache {
         created: i64,
         now: i64,
     ) -> Result<(), NonceRejection> {
-        let digest = pair_digest(key_id, nonce);
+        let digest = self.pair_digest(key_id, nonce);
         // The low bits pick the shard; the set hashes with the high bits (see `PreHashed`).
         let shard_index = (digest as usize) % SHARDS;
         let mut shard = self.shards[shard_index]
@@ -122,16 +130,18 @@ impl NonceCache {
     }
 }
 
-/// Length-prefixing the key id keeps `("ab","c")` and `("a","bc")` apart.
-fn pair_digest(key_id: &str, nonce: &str) -> u128 {
-    let mut hasher = Sha256::new();
-    hasher.update((key_id.len() as u64).to_be_bytes());
-    hasher.update(key_id.as_bytes());
-    hasher.update(nonce.as_bytes());
-    let hash = hasher.finalize();
-    let mut first = [0u8; 16];
-    first.copy_from_slice(&hash[..16]);
-    u128::from_be_bytes(first)
+impl NonceCache {
+    /// `str`'s `Hash` ends each string with a terminator, which keeps `("ab","c")` and
+    /// `("a","bc")` apart.
+    fn pair_digest(&self, key_id: &str, nonce: &str) -> u128 {
+        let [high, low] = self.digest_keys.each_ref().map(|keys| {
+            let mut hasher = keys.build_hasher();
+            key_id.hash(&mut hasher);
+            nonce.hash(&mut hasher);
+            hasher.finish()
+        });
+        (u128::from(high) << 64) | u128::from(low)
+    }
 }
 
 /// The set's keys are already uniform digests, so hashing them again would only cost time.
@@ -173,6 +183,7 @@ mod tests {
         assert_eq!(cache.check_and_insert("k2", "n1", NOW, NOW), Ok(()));
         assert_eq!(cache.check_and_insert("k1n", "1", NOW, NOW), Ok(()));
         assert_eq!(cache.len(), 3);
+        assert_ne!(cache.pair_digest("ab", "c"), cache.pair_digest("a", "bc"));
     }
 
     #[test]

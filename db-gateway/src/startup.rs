@@ -16,6 +16,7 @@ use crate::metrics::GatewayMetrics;
 use crate::migrate::{self, MigrateError, MigrationReport, Migrator};
 use crate::nonce::NonceCache;
 use crate::ops::{Registry, RegistryError, bench};
+use crate::pipeline::SharedReads;
 
 /// Upper bound on remembered nonces (20-40 bytes each, so at most ~160 MB). A nonce is kept
 /// for about `max_skew` plus one bucket after its `created`, so with the default 300 s this
@@ -94,6 +95,8 @@ impl Application {
                 .await?;
         }
 
+        let reads = SharedReads::start(&config, &registry).await;
+
         let api_listener = bind(config.api_listen).await?;
         let admin_listener = bind(config.admin_listen).await?;
         let api_addr = local_addr(&api_listener, config.api_listen)?;
@@ -103,6 +106,7 @@ impl Application {
             ops = registry.len(),
             keys = keys.len(),
             pool_size = config.pool_size,
+            pipeline_connections = config.pipeline_connections,
             %api_addr,
             %admin_addr,
             "gateway ready"
@@ -112,6 +116,7 @@ impl Application {
             keys,
             nonces: NonceCache::new(config.max_skew_secs, MAX_REMEMBERED_NONCES),
             pool,
+            reads,
             metrics: GatewayMetrics::new(),
             public_url: config.public_url,
             body_limit_bytes: config.body_limit_bytes,
@@ -179,6 +184,7 @@ impl Application {
                 Ok(())
             }
         };
+        self.state.reads.close();
         self.state.pool.close();
         tracing::info!("gateway stopped");
         result

@@ -59,7 +59,9 @@ pub(super) async fn ready(State(state): State<AppState>) -> Response {
 
 /// Prometheus text exposition.
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
-    let body = state.metrics.render(&state.pool.status());
+    let body = state
+        .metrics
+        .render(&state.pool.status(), &state.reads.status());
     (
         StatusCode::OK,
         [(

@@ -5,6 +5,10 @@
 //! pool. A batch is validated completely before its transaction starts, so a typo in the last
 //! operation costs no database work.
 //!
+//! A single pipelinable read (`OpDef::is_pipelinable`) runs on the shared connections of
+//! `crate::pipeline` and falls back to the pool when none can take it; everything else runs on
+//! the pool.
+//!
 //! Password parameters are hashed after validation and before the pool is touched (see
 //! `ops::password`), so no connection is held while a hash is computed. Procedures
 //! (`ops::ProcedureDef`) are answered by `/v1/op` only.
@@ -21,9 +25,10 @@ use super::AppState;
 use super::auth::SignedBody;
 use super::observe::{OpLabel, RequestOutcome};
 use crate::error::ApiError;
-use crate::ops::OpDef;
+use crate::ops::RegisteredOp;
 use crate::ops::params::{bind, bind_declared};
 use crate::ops::password::hash_new_passwords;
+use crate::pipeline::SharedRead;
 use crate::{MAX_BATCH_OPS, db};
 
 /// Longest unknown operation name echoed back in an error.
@@ -59,12 +64,17 @@ async fn run_single(
         let output = (procedure.run)(&state.pool, &params).await?;
         return to_json(&output);
     }
-    let op = resolve(state, &call.op)?;
+    let RegisteredOp { def: op, index } = resolve(state, &call.op)?;
     outcome.op = OpLabel::Single(op.name);
     authorize(state, &signed.key_id, op.name)?;
     let mut params =
         bind(op, &call.params).map_err(|error| ApiError::InvalidParams(error.to_string()))?;
     hash_new_passwords(&mut params).await?;
+    if state.reads.accepts(index)
+        && let SharedRead::Done(result) = state.reads.run(index, &params).await
+    {
+        return to_json(&result?);
+    }
     let output = db::run_single(&state.pool, op, &params).await?;
     to_json(&output)
 }
@@ -95,7 +105,9 @@ async fn run_batch(
             ))
             .at(index));
         }
-        let op = resolve(state, &call.op).map_err(|error| error.at(index))?;
+        let op = resolve(state, &call.op)
+            .map_err(|error| error.at(index))?
+            .def;
         if let OpLabel::Batch(names) = &mut outcome.op {
             names.push(op.name);
         }
@@ -113,8 +125,8 @@ async fn run_batch(
     to_json(&output)
 }
 
-fn resolve(state: &AppState, name: &str) -> Result<&'static OpDef, ApiError> {
-    state.registry.get(name).ok_or_else(|| {
+fn resolve(state: &AppState, name: &str) -> Result<RegisteredOp, ApiError> {
+    state.registry.resolve(name).ok_or_else(|| {
         let echoed: String = name.chars().take(MAX_ECHOED_OP_NAME).collect();
         ApiError::UnknownOperation(echoed)
     })
@@ -156,9 +168,14 @@ fn parse_body<T: DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, ApiErr
     })
 }
 
+/// Typical single-row answers fit without growing the buffer.
+const RESPONSE_CAPACITY: usize = 256;
+
 fn to_json(value: &impl Serialize) -> Result<Vec<u8>, ApiError> {
-    serde_json::to_vec(value)
-        .map_err(|error| ApiError::Internal(format!("response encoding failed: {error}")))
+    let mut json = Vec::with_capacity(RESPONSE_CAPACITY);
+    serde_json::to_writer(&mut json, value)
+        .map_err(|error| ApiError::Internal(format!("response encoding failed: {error}")))?;
+    Ok(json)
 }
 
 fn respond(result: Result<Vec<u8>, ApiError>, outcome: RequestOutcome) -> Response {

@@ -131,18 +131,28 @@ fn header_values(parts: &Parts) -> Result<[Option<&str>; 3], VerifyError> {
 
 fn target_uri(state: &AppState, parts: &Parts) -> Result<String, ApiError> {
     let path = parts.uri.path_and_query().map_or("/", |path| path.as_str());
-    if let Some(public_url) = &state.public_url {
-        return Ok(format!("{public_url}{path}"));
-    }
-    let authority = match parts.uri.authority() {
-        Some(authority) => authority.as_str(),
-        None => parts
-            .headers
-            .get(HOST)
-            .and_then(|host| host.to_str().ok())
-            .ok_or_else(|| ApiError::BadRequest("the Host header is required".to_owned()))?,
+    let (scheme, authority) = match &state.public_url {
+        Some(public_url) => ("", public_url.as_str()),
+        None => {
+            let authority = match parts.uri.authority() {
+                Some(authority) => authority.as_str(),
+                None => parts
+                    .headers
+                    .get(HOST)
+                    .and_then(|host| host.to_str().ok())
+                    .ok_or_else(|| {
+                        ApiError::BadRequest("the Host header is required".to_owned())
+                    })?,
+            };
+            ("http://", authority)
+        }
     };
-    Ok(format!("http://{authority}{path}"))
+    // One exact-size allocation; `format!` would grow its buffer as it goes.
+    let mut uri = String::with_capacity(scheme.len() + authority.len() + path.len());
+    uri.push_str(scheme);
+    uri.push_str(authority);
+    uri.push_str(path);
+    Ok(uri)
 }
 
 fn unix_now() -> i64 {

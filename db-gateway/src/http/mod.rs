@@ -23,6 +23,7 @@ use crate::keys::KeyRing;
 use crate::metrics::GatewayMetrics;
 use crate::nonce::NonceCache;
 use crate::ops::Registry;
+use crate::pipeline::SharedReads;
 
 /// Everything a request needs, shared by both listeners. Built once; nothing in it is re-read
 /// per request.
@@ -32,6 +33,8 @@ pub(crate) struct SharedState {
     pub(crate) keys: KeyRing,
     pub(crate) nonces: NonceCache,
     pub(crate) pool: Pool,
+    /// Single reads pipelined on shared connections (falls back to `pool`).
+    pub(crate) reads: SharedReads,
     pub(crate) metrics: GatewayMetrics,
     pub(crate) public_url: Option<String>,
     pub(crate) body_limit_bytes: usize,

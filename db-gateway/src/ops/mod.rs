@@ -272,8 +272,27 @@ pub enum RegistryError {
 /// All operations the gateway serves, by name.
 #[derive(Clone, Default)]
 pub struct Registry {
-    ops: HashMap<&'static str, &'static OpDef>,
+    ops: HashMap<&'static str, RegisteredOp>,
+    /// Every operation at its [`RegisteredOp::index`], so per-operation state (such as the
+    /// statements prepared on each pipelined connection) lives in plain vectors.
+    by_index: Vec<&'static OpDef>,
     procedures: HashMap<&'static str, &'static ProcedureDef>,
+}
+
+/// An operation together with its dense position in the registry (`0..registry.ops_len()`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RegisteredOp {
+    pub(crate) def: &'static OpDef,
+    pub(crate) index: usize,
+}
+
+impl OpDef {
+    /// Whether a single call may run on a shared, pipelined connection (see `crate::pipeline`):
+    /// a read needs no transaction as long as it keeps the connection's default statement
+    /// timeout, so interleaving it with other clients' statements changes nothing.
+    pub(crate) fn is_pipelinable(&self) -> bool {
+        self.mode == Mode::Read && self.statement_timeout_ms == DEFAULT_STATEMENT_TIMEOUT_MS
+    }
 }
 
 impl fmt::Debug for Registry {
@@ -314,11 +333,18 @@ impl Registry {
 
     /// Adds a group of operations (one domain module's `OPS`).
     pub fn with(mut self, ops: &'static [OpDef]) -> Result<Self, RegistryError> {
-        for op in ops {
-            validate_definition(op)?;
-            if self.procedures.contains_key(op.name) || self.ops.insert(op.name, op).is_some() {
-                return Err(RegistryError::Duplicate(op.name));
+        for def in ops {
+            validate_definition(def)?;
+            let registered = RegisteredOp {
+                def,
+                index: self.by_index.len(),
+            };
+            if self.procedures.contains_key(def.name)
+                || self.ops.insert(def.name, registered).is_some()
+            {
+                return Err(RegistryError::Duplicate(def.name));
             }
+            self.by_index.push(def);
         }
         Ok(self)
     }
@@ -347,7 +373,17 @@ impl Registry {
     }
 
     pub fn get(&self, name: &str) -> Option<&'static OpDef> {
+        self.ops.get(name).map(|registered| registered.def)
+    }
+
+    /// Like [`Registry::get`], with the operation's index.
+    pub(crate) fn resolve(&self, name: &str) -> Option<RegisteredOp> {
         self.ops.get(name).copied()
+    }
+
+    /// Every operation, at its index.
+    pub(crate) fn ops_by_index(&self) -> &[&'static OpDef] {
+        &self.by_index
     }
 
     pub(crate) fn procedure(&self, name: &str) -> Option<&'static ProcedureDef> {
@@ -370,7 +406,7 @@ impl Registry {
 
     /// Operations in name order.
     pub fn iter(&self) -> impl Iterator<Item = &'static OpDef> + '_ {
-        let mut ops: Vec<_> = self.ops.values().copied().collect();
+        let mut ops = self.by_index.clone();
         ops.sort_by_key(|op| op.name);
         ops.into_iter()
     }

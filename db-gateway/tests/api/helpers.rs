@@ -7,7 +7,7 @@
 //! test ends (`TEST_KEEP_DB=1` keeps it for debugging). `TEST_LOG=1` prints the gateway's logs.
 
 use std::path::{Path, PathBuf};
-use std::sync::Once;
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -159,6 +159,9 @@ pub(crate) static TEST_OPS: &[OpDef] = &[
 pub(crate) struct TestOptions {
     pub(crate) pool_size: usize,
     pub(crate) pool_wait: Duration,
+    /// Shared connections for pipelined reads (production default 2; 0 = pool only).
+    pub(crate) pipeline_connections: usize,
+    pub(crate) pipeline_depth: usize,
     pub(crate) body_limit_bytes: usize,
     pub(crate) shutdown_grace: Duration,
     pub(crate) bench_ops: bool,
@@ -170,6 +173,8 @@ impl Default for TestOptions {
         Self {
             pool_size: 4,
             pool_wait: Duration::from_millis(2_000),
+            pipeline_connections: 2,
+            pipeline_depth: 64,
             body_limit_bytes: 64 * 1024,
             shutdown_grace: Duration::from_secs(10),
             bench_ops: false,
@@ -225,6 +230,8 @@ pub(crate) async fn spawn_app_with(options: TestOptions) -> TestApp {
     config.migrations_dir = migrations;
     config.pool_size = options.pool_size;
     config.pool_wait = options.pool_wait;
+    config.pipeline_connections = options.pipeline_connections;
+    config.pipeline_depth = options.pipeline_depth;
     config.body_limit_bytes = options.body_limit_bytes;
     config.shutdown_grace = options.shutdown_grace;
     config.public_url = options.public_url;
@@ -520,10 +527,9 @@ pub(crate) fn write_file(path: &Path, contents: &str) {
 }
 
 fn init_test_logging() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        if std::env::var_os("TEST_LOG").is_some() {
-            let _ = db_gateway::telemetry::init_tracing("info,db_gateway=debug");
-        }
+    static GUARD: OnceLock<Option<db_gateway::telemetry::LogGuard>> = OnceLock::new();
+    GUARD.get_or_init(|| {
+        std::env::var_os("TEST_LOG")
+            .and_then(|_| db_gateway::telemetry::init_tracing("info,db_gateway=debug").ok())
     });
 }

@@ -13,6 +13,8 @@ async fn a_full_pool_sheds_load_quickly_with_retry_after() {
         spawn_app_with(TestOptions {
             pool_size: 1,
             pool_wait: Duration::from_millis(100),
+            // Every read on the pool, so one slow read holds the only connection.
+            pipeline_connections: 0,
             ..TestOptions::default()
         })
         .await,

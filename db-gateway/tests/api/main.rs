@@ -13,3 +13,4 @@ mod lifecycle;
 mod migrations;
 mod ops;
 mod personas_ops;
+mod pipeline;
