@@ -55,7 +55,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest as _, Sha256};
 use worker::{Method, ObjectNamespace, Response};
 
-use super::{Access, Call, RouteDef, Service};
+use super::{Access, Call, RouteDef, Service, json_response, random_16};
 use crate::ctx::{RequestCtx, read_json};
 use crate::error::ApiError;
 use crate::gateway::GatewayError;
@@ -640,19 +640,6 @@ fn first_row(result: OpResult) -> Result<Map<String, Value>, ApiError> {
 fn missing_row() -> ApiError {
     worker::console_error!("an accounts operation answered without the expected row");
     ApiError::internal()
-}
-
-fn json_response(status: u16, body: &Value) -> Result<Response, ApiError> {
-    Ok(Response::from_json(body)?.with_status(status))
-}
-
-fn random_16() -> Result<[u8; 16], ApiError> {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(|_| {
-        worker::console_error!("no randomness available for an id");
-        ApiError::internal()
-    })?;
-    Ok(bytes)
 }
 
 #[cfg(test)]

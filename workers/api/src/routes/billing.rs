@@ -65,7 +65,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use worker::{Method, Response};
 
-use super::{Access, Call, RouteDef, Service};
+use super::{Access, Call, RouteDef, Service, json_response, random_16};
 use crate::ctx::read_json;
 use crate::error::ApiError;
 use crate::gateway::GatewayError;
@@ -1062,10 +1062,6 @@ fn numbers_as_json(row: &Map<String, Value>) -> Value {
 // Shared helpers
 // ---------------------------------------------------------------------------------------------
 
-fn json_response(status: u16, body: &Value) -> Result<Response, ApiError> {
-    Ok(Response::from_json(body)?.with_status(status))
-}
-
 fn first_row(result: &OpResult) -> Result<&Map<String, Value>, ApiError> {
     result.first().ok_or_else(|| {
         worker::console_error!("a single-row operation returned no row");
@@ -1108,15 +1104,6 @@ fn field_error(code: &'static str, message: &str) -> FieldError {
 fn validation_failed(errors: FieldErrors) -> ApiError {
     let fields = serde_json::to_value(&errors).unwrap_or(Value::Null);
     ApiError::bad_request("validation_failed", "some fields are invalid").with_fields(fields)
-}
-
-fn random_16() -> Result<[u8; 16], ApiError> {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(|_| {
-        worker::console_error!("no randomness available for an id");
-        ApiError::internal()
-    })?;
-    Ok(bytes)
 }
 
 #[cfg(test)]

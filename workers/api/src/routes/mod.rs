@@ -196,6 +196,21 @@ async fn route(req: Request, ctx: RequestCtx) -> Result<Response, ApiError> {
     }
 }
 
+/// A JSON response with the given status.
+fn json_response(status: u16, body: &serde_json::Value) -> Result<Response, ApiError> {
+    Ok(Response::from_json(body)?.with_status(status))
+}
+
+/// 16 random bytes (for ids and token ids), from Web Crypto.
+fn random_16() -> Result<[u8; 16], ApiError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|_| {
+        worker::console_error!("no randomness available for an id");
+        ApiError::internal()
+    })?;
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,7 +30,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value, json};
 use worker::{Method, Response};
 
-use super::{Access, Call, RouteDef, Service};
+use super::{Access, Call, RouteDef, Service, json_response, random_16};
 use crate::ctx::read_json;
 use crate::error::ApiError;
 use crate::session::authed_call;
@@ -1102,10 +1102,6 @@ fn parse_query_bool(value: &str) -> Option<bool> {
 // Responses and errors
 // ---------------------------------------------------------------------------------------------
 
-fn json_response(status: u16, body: &Value) -> Result<Response, ApiError> {
-    Ok(Response::from_json(body)?.with_status(status))
-}
-
 fn rows_as_values(result: OpResult) -> Vec<Value> {
     result.rows.into_iter().map(Value::Object).collect()
 }
@@ -1160,15 +1156,6 @@ fn refine_unknown_persona(error: ApiError) -> ApiError {
         field_error("unknown_persona", "names no persona"),
     );
     validation_failed(errors)
-}
-
-fn random_16() -> Result<[u8; 16], ApiError> {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(|_| {
-        worker::console_error!("no randomness available for an id");
-        ApiError::internal()
-    })?;
-    Ok(bytes)
 }
 
 #[cfg(test)]
