@@ -4,13 +4,13 @@
 //! audit rows each of them leaves.
 
 use argon2::password_hash::PasswordHash;
-use callmeback_gateway_api::{BatchResponse, ErrorBody, OpCall, OpResult, codes};
+use callmeback_gateway_api::{OpCall, codes};
 use db_gateway::ops::accounts;
 use db_gateway::ops::password::{ARGON2_M_COST_KIB, ARGON2_P_COST, ARGON2_T_COST};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, error_of, fresh_nonce, spawn_app};
+use crate::helpers::{TestApp, fresh_nonce, ok, ok_batch, refused, spawn_app};
 
 const PASSWORD: &str = "correct horse battery staple";
 const IP: &str = "203.0.113.7";
@@ -23,31 +23,6 @@ fn call(op: &str, params: Value) -> OpCall {
         op: op.to_owned(),
         params,
     }
-}
-
-async fn ok(response: reqwest::Response) -> OpResult {
-    let status = response.status();
-    let text = response.text().await.expect("body readable");
-    assert_eq!(status, StatusCode::OK, "unexpected answer: {text}");
-    serde_json::from_str(&text).unwrap_or_else(|error| panic!("not an OpResult ({error}): {text}"))
-}
-
-async fn ok_batch(response: reqwest::Response) -> BatchResponse {
-    let status = response.status();
-    let text = response.text().await.expect("body readable");
-    assert_eq!(status, StatusCode::OK, "unexpected answer: {text}");
-    serde_json::from_str(&text).unwrap_or_else(|error| panic!("not a batch ({error}): {text}"))
-}
-
-async fn refused(response: reqwest::Response, status: StatusCode, code: &str) -> ErrorBody {
-    let (actual_status, body) = error_of(response).await;
-    assert_eq!(
-        (actual_status, body.error.code.as_str()),
-        (status, code),
-        "{}",
-        body.error.message
-    );
-    body
 }
 
 fn new_user_id() -> String {

@@ -9,25 +9,7 @@ use futures_util::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Map, Value, json};
 
-use crate::helpers::{TestApp, error_of, fresh_nonce, spawn_app};
-
-async fn ok(response: reqwest::Response) -> OpResult {
-    let status = response.status();
-    let text = response.text().await.expect("body readable");
-    assert_eq!(status, StatusCode::OK, "unexpected answer: {text}");
-    serde_json::from_str(&text).unwrap_or_else(|error| panic!("not an OpResult ({error}): {text}"))
-}
-
-async fn refused(response: reqwest::Response, status: StatusCode, code: &str) -> String {
-    let (actual_status, body) = error_of(response).await;
-    assert_eq!(
-        (actual_status, body.error.code.as_str()),
-        (status, code),
-        "{}",
-        body.error.message
-    );
-    body.error.message
-}
+use crate::helpers::{TestApp, error_of, fresh_nonce, ok, refused, spawn_app};
 
 fn txn_id() -> String {
     format!("txn_{}", fresh_nonce())
@@ -210,7 +192,9 @@ async fn deduct_writes_balance_and_ledger_together_and_refuses_overdrafts() {
         StatusCode::CONFLICT,
         codes::PRECONDITION_FAILED,
     )
-    .await;
+    .await
+    .error
+    .message;
     assert_eq!(message, "insufficient credits");
     for bad_amount in [0, -5] {
         refused(
@@ -711,7 +695,9 @@ async fn subscription_refill_finds_the_user_sets_the_tier_and_adds_credits() {
         StatusCode::CONFLICT,
         codes::PRECONDITION_FAILED,
     )
-    .await;
+    .await
+    .error
+    .message;
     assert_eq!(message, "no user for this subscription");
     refused(
         app.call(&refill("gold", 100, Some(10), 600).param("user_id", user.as_str()))

@@ -12,7 +12,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use callmeback_gateway_api::{BATCH_PATH, BatchRequest, ErrorBody, OP_PATH, OpCall};
+use callmeback_gateway_api::{
+    BATCH_PATH, BatchRequest, BatchResponse, ErrorBody, OP_PATH, OpCall, OpResult,
+};
 use callmeback_signing::{Key, SignedHeaders, sign_request};
 use db_gateway::Config;
 use db_gateway::ops::{
@@ -412,6 +414,38 @@ pub(crate) fn fresh_nonce() -> String {
 }
 
 /// Reads a response as the gateway's error body.
+/// The result of an operation that must succeed (the test fails with the body otherwise).
+pub(crate) async fn ok(response: reqwest::Response) -> OpResult {
+    let status = response.status();
+    let text = response.text().await.expect("body readable");
+    assert_eq!(status, StatusCode::OK, "unexpected answer: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|error| panic!("not an OpResult ({error}): {text}"))
+}
+
+/// The results of a batch that must succeed.
+pub(crate) async fn ok_batch(response: reqwest::Response) -> BatchResponse {
+    let status = response.status();
+    let text = response.text().await.expect("body readable");
+    assert_eq!(status, StatusCode::OK, "unexpected answer: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|error| panic!("not a batch ({error}): {text}"))
+}
+
+/// Asserts a refusal with this status and error code; returns the error body.
+pub(crate) async fn refused(
+    response: reqwest::Response,
+    status: StatusCode,
+    code: &str,
+) -> ErrorBody {
+    let (actual_status, body) = error_of(response).await;
+    assert_eq!(
+        (actual_status, body.error.code.as_str()),
+        (status, code),
+        "{}",
+        body.error.message
+    );
+    body
+}
+
 pub(crate) async fn error_of(response: reqwest::Response) -> (StatusCode, ErrorBody) {
     let status = response.status();
     let text = response.text().await.expect("body readable");

@@ -6,7 +6,7 @@ use callmeback_gateway_api::{OpCall, OpResult, codes};
 use reqwest::StatusCode;
 use serde_json::{Map, Value, json};
 
-use crate::helpers::{TestApp, error_of, fresh_nonce, spawn_app};
+use crate::helpers::{TestApp, fresh_nonce, ok, refused, spawn_app};
 
 const PUBLIC_PERSONA_COLUMNS: [&str; 8] = [
     "id",
@@ -18,23 +18,6 @@ const PUBLIC_PERSONA_COLUMNS: [&str; 8] = [
     "default_voice_settings",
     "default_greeting",
 ];
-
-async fn ok(response: reqwest::Response) -> OpResult {
-    let status = response.status();
-    let text = response.text().await.expect("body readable");
-    assert_eq!(status, StatusCode::OK, "unexpected answer: {text}");
-    serde_json::from_str(&text).unwrap_or_else(|error| panic!("not an OpResult ({error}): {text}"))
-}
-
-async fn refused(response: reqwest::Response, status: StatusCode, code: &str) {
-    let (actual_status, body) = error_of(response).await;
-    assert_eq!(
-        (actual_status, body.error.code.as_str()),
-        (status, code),
-        "{}",
-        body.error.message
-    );
-}
 
 fn call(op: &str, params: Value) -> OpCall {
     let Value::Object(params) = params else {
