@@ -17,14 +17,18 @@
 //!   secret rotation).
 //! - [`ratelimit`]: sliding-window rate limits (login attempts), the logic behind the
 //!   `RateLimiter` Durable Object.
+//! - [`calls`]: a call's statuses, how Twilio's map onto them, and the never-backwards rule.
+//! - [`schedule`]: recurring calls in local time (IANA zones, daylight-saving changes).
 //! - [`ids`]: prefixed ids such as `usr_…`, built from caller-supplied random bytes.
 //!
 //! Every error type has a `code()` that returns a stable snake_case string, meant for API clients.
 
 pub mod budget;
+pub mod calls;
 pub mod ids;
 pub mod pricing;
 pub mod ratelimit;
+pub mod schedule;
 pub mod stripe;
 pub mod tier;
 pub mod validate;

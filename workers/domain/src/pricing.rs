@@ -35,7 +35,13 @@ use serde::{Deserialize, Serialize};
 /// Adding amounts saturates instead of wrapping. `i64::MAX` micro-cents is about $92 million,
 /// which a single account never reaches, and a saturated figure is easier to debug than one
 /// that has wrapped round to negative.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+///
+/// Serialised as the integer count of micro-cents (for storage between steps, not for APIs,
+/// which show [`Cents::to_decimal_string`]).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(transparent)]
 pub struct Cents(i64);
 
 /// Micro-cents in one cent.
@@ -206,7 +212,7 @@ impl AddAssign for Usage {
 }
 
 /// A price of `micro_cents` for every `per_units` units of some meter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rate {
     pub micro_cents: i64,
     pub per_units: u64,
@@ -230,7 +236,7 @@ impl Rate {
 
 /// The rates of all four providers. Provider prices change, so the rates are data, not literals
 /// spread through the code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RateCard {
     pub twilio_per_second: Rate,
     pub deepgram_per_ms: Rate,
@@ -272,7 +278,7 @@ pub const RATES_2025: RateCard = RateCard {
 /// `total` is the exact sum of the exact parts. Once each figure is rounded to two decimals for
 /// storage, the stored total can differ from the sum of the stored parts by up to 2 ¢ (half a
 /// cent per part). That is expected, and the stored total is the right one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct CostBreakdown {
     pub twilio: Cents,
     pub deepgram: Cents,

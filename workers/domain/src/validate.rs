@@ -47,6 +47,12 @@ pub enum ValidationError {
     OutOfRange { min: i64, max: i64 },
     #[error("must not exceed the monthly spending limit")]
     PerCallExceedsMonthly,
+    #[error("must be an IANA time zone name such as Europe/Berlin")]
+    InvalidTimeZone,
+    #[error("must be a time of day as HH:MM (24-hour clock)")]
+    InvalidTimeOfDay,
+    #[error("must be days of the week such as mon, tue, wed")]
+    InvalidDay,
 }
 
 impl ValidationError {
@@ -64,6 +70,9 @@ impl ValidationError {
             ValidationError::NotPositive => "not_positive",
             ValidationError::OutOfRange { .. } => "out_of_range",
             ValidationError::PerCallExceedsMonthly => "per_call_exceeds_monthly",
+            ValidationError::InvalidTimeZone => "invalid_time_zone",
+            ValidationError::InvalidTimeOfDay => "invalid_time_of_day",
+            ValidationError::InvalidDay => "invalid_day",
         }
     }
 }
