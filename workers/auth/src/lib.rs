@@ -44,9 +44,15 @@
 //! To kill all sessions at once (a leaked secret), replace the ring instead: tokens whose kid is
 //! gone fail with [`TokenError::UnknownKeyId`].
 //!
+//! # Other signed tokens
+//! [`capability`] holds the short-lived single-purpose tokens (media stream tokens, live-channel
+//! tickets) that are not sessions.
+//!
 //! # Purity
 //! No clock, no randomness, no I/O: the crate runs inside the Worker (wasm32, where std's clock
 //! panics), so callers pass `now` as unix seconds and mint `jti` themselves.
+
+pub mod capability;
 
 use core::fmt;
 use core::num::NonZeroUsize;

@@ -18,7 +18,22 @@
 use std::fmt;
 use std::str::FromStr;
 
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::validate::PhoneE164;
+
+/// The key a phone number is known by wherever it must be remembered without being stored:
+/// hex HMAC-SHA256 of the E.164 number under a server secret (the per-number rate limit's
+/// Durable Object name, for example). Without the secret the key reveals nothing, and unlike a
+/// plain hash it cannot be reversed by hashing every possible number.
+pub fn phone_key(secret: &[u8], phone: &PhoneE164) -> String {
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret).expect("invariant: HMAC accepts keys of any length");
+    mac.update(phone.as_str().as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
 
 /// Where a call is. Serialises to the names stored in `calls.status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -275,6 +290,16 @@ mod tests {
             Some(CallStatus::Completed)
         );
         assert_eq!(CallStatus::from_twilio("exploded"), None);
+    }
+
+    #[test]
+    fn phone_keys_are_keyed_stable_and_reveal_nothing() {
+        let phone = PhoneE164::parse("+14155550123").unwrap();
+        let key = phone_key(b"secret-1", &phone);
+        assert_eq!(key.len(), 64);
+        assert_eq!(key, phone_key(b"secret-1", &phone));
+        assert_ne!(key, phone_key(b"secret-2", &phone));
+        assert!(!key.contains("4155550123"));
     }
 
     #[test]
