@@ -630,9 +630,12 @@ impl<'a> Phone<'a> {
     }
 
     fn on_clear(&mut self, now: u64) {
+        // Play up to now first (marks reached, segments completed), then drop the rest: the
+        // playback position only jumps after what was really heard is known.
+        self.advance(now);
         self.play_events.clear();
         let (marks, heard_up_to) = self.playback.clear(now, &mut self.play_events);
-        self.handle_play_events(now);
+        self.play_events.clear();
         self.gap_since = None;
         self.decoder.reset();
         // Everything not fully played is cut where playback stood.
