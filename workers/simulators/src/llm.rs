@@ -53,6 +53,7 @@ pub enum UsageStyle {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum LlmFailure {
     /// HTTP 500 with an OpenAI-style error body.
+    #[serde(rename = "http_500")]
     Http500,
     /// Accept the request and never send a byte.
     Hang,

@@ -128,7 +128,7 @@ async fn control_api_drives_the_binary() {
         .json()
         .await
         .expect("json");
-    assert_eq!(llm["mode"], "scripted");
+    assert_eq!(llm["mode"], "scripted", "{llm}");
     let queued: Value = client
         .post(format!("{base}/sim/llm/replies"))
         .json(&json!({"replies": ["One.", "Two."]}))
