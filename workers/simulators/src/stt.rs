@@ -660,11 +660,14 @@ impl Conn {
                 }
             }
         }
+        // The record's audio total is refreshed about once a second (and at close), not per frame.
         let bytes_total = self.audio_bytes;
-        self.state.update(self.id, |c| {
-            c.audio_bytes = bytes_total;
-            c.audio_secs = bytes_total as f64 / 8000.0;
-        });
+        if bytes_total / 8000 != (bytes_total - bytes.len() as u64) / 8000 {
+            self.state.update(self.id, |c| {
+                c.audio_bytes = bytes_total;
+                c.audio_secs = bytes_total as f64 / 8000.0;
+            });
+        }
         flow
     }
 

@@ -378,6 +378,16 @@ async fn connect(url: &str, signature: &str) -> Result<Ws, String> {
     }
 }
 
+/// Counts one message of `kind` (no allocation once the kind has been seen).
+fn bump(counts: &mut std::collections::BTreeMap<String, u64>, kind: &str) {
+    match counts.get_mut(kind) {
+        Some(count) => *count += 1,
+        None => {
+            counts.insert(kind.to_owned(), 1);
+        }
+    }
+}
+
 /// The voicemail tone: loud bytes whose nibbles do not start with the codec magic.
 fn tone() -> Vec<u8> {
     (0..TONE_MS * BYTES_PER_MS)
@@ -541,13 +551,13 @@ impl<'a> Phone<'a> {
     }
 
     fn count(&self, kind: &str) {
-        self.with_stream(|s| *s.messages_received.entry(kind.to_owned()).or_default() += 1);
+        self.with_stream(|s| bump(&mut s.messages_received, kind));
     }
 
     fn on_audio(&mut self, now: u64) {
         let len = self.payload.len();
         self.with_stream(|s| {
-            *s.messages_received.entry("media".to_owned()).or_default() += 1;
+            bump(&mut s.messages_received, "media");
             s.audio_bytes_received += len as u64;
         });
         self.advance(now);
