@@ -29,7 +29,9 @@ fn spawn_binary() -> (Sim, String) {
         .expect("binary starts");
     let stdout = child.stdout.take().expect("stdout piped");
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("ready line");
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("ready line");
     let base = line
         .trim()
         .strip_prefix("callmeback-sim listening ")
@@ -41,13 +43,25 @@ fn spawn_binary() -> (Sim, String) {
 
 #[test]
 fn help_documents_flags_and_environment() {
-    let output = Command::new(env!("CARGO_BIN_EXE_callmeback-sim")).arg("--help").output().expect("runs");
+    let output = Command::new(env!("CARGO_BIN_EXE_callmeback-sim"))
+        .arg("--help")
+        .output()
+        .expect("runs");
     assert!(output.status.success());
     let text = String::from_utf8(output.stdout).expect("utf-8");
-    for needle in ["--port", "CALLMEBACK_SIM_PORT", "--twilio-auth-token", "CALLMEBACK_SIM_DEEPGRAM_KEY", "--config"] {
+    for needle in [
+        "--port",
+        "CALLMEBACK_SIM_PORT",
+        "--twilio-auth-token",
+        "CALLMEBACK_SIM_DEEPGRAM_KEY",
+        "--config",
+    ] {
         assert!(text.contains(needle), "--help lacks {needle}");
     }
-    let output = Command::new(env!("CARGO_BIN_EXE_callmeback-sim")).arg("--bogus").output().expect("runs");
+    let output = Command::new(env!("CARGO_BIN_EXE_callmeback-sim"))
+        .arg("--bogus")
+        .output()
+        .expect("runs");
     assert!(!output.status.success());
 }
 
@@ -56,12 +70,24 @@ async fn control_api_drives_the_binary() {
     let (_sim, base) = spawn_binary();
     let app = common::start_app().await;
     let client = reqwest::Client::new();
-    let health: Value = client.get(format!("{base}/sim")).send().await.expect("up").json().await.expect("json");
+    let health: Value = client
+        .get(format!("{base}/sim"))
+        .send()
+        .await
+        .expect("up")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(health["ok"], true);
 
     let to = "+14155550111";
     let scenario = json!({"ring_ms": 50, "script": [{"say": "Hi from the binary.", "pause_ms": 200}], "hangup": {"caller": {"after_ms": 100}}});
-    let response = client.put(format!("{base}/sim/twilio/scenarios/{to}")).json(&scenario).send().await.expect("answers");
+    let response = client
+        .put(format!("{base}/sim/twilio/scenarios/{to}"))
+        .json(&scenario)
+        .send()
+        .await
+        .expect("answers");
     assert_eq!(response.status(), 200);
     let bad = client
         .put(format!("{base}/sim/twilio/scenarios/{to}"))
@@ -74,17 +100,29 @@ async fn control_api_drives_the_binary() {
     assert_eq!(body["error"]["code"], "invalid_body");
 
     let response = client
-        .post(format!("{base}/2010-04-01/Accounts/{}/Calls.json", common::ACCOUNT))
+        .post(format!(
+            "{base}/2010-04-01/Accounts/{}/Calls.json",
+            common::ACCOUNT
+        ))
         .header("authorization", common::basic_auth())
-        .form(&[("To", to), ("From", "+14155550199"), ("Url", &format!("{}/twiml", app.base))])
+        .form(&[
+            ("To", to),
+            ("From", "+14155550199"),
+            ("Url", &format!("{}/twiml", app.base)),
+        ])
         .send()
         .await
         .expect("answers");
     assert_eq!(response.status(), 201);
-    let sid = response.json::<Value>().await.expect("json")["sid"].as_str().expect("sid").to_owned();
+    let sid = response.json::<Value>().await.expect("json")["sid"]
+        .as_str()
+        .expect("sid")
+        .to_owned();
 
     let record: Value = client
-        .post(format!("{base}/sim/twilio/calls/{sid}/wait?timeout_ms=15000"))
+        .post(format!(
+            "{base}/sim/twilio/calls/{sid}/wait?timeout_ms=15000"
+        ))
         .send()
         .await
         .expect("answers")
@@ -94,11 +132,26 @@ async fn control_api_drives_the_binary() {
     assert_eq!(record["end_reason"], "caller_hangup");
     assert_eq!(record["stream"]["lines"][0]["say"], "Hi from the binary.");
     assert_eq!(app.log().heard_lines, vec!["Hi from the binary."]);
-    let calls: Value = client.get(format!("{base}/sim/twilio/calls")).send().await.expect("answers").json().await.expect("json");
+    let calls: Value = client
+        .get(format!("{base}/sim/twilio/calls"))
+        .send()
+        .await
+        .expect("answers")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(calls.as_array().map(Vec::len), Some(1));
-    let one = client.get(format!("{base}/sim/twilio/calls/{sid}")).send().await.expect("answers");
+    let one = client
+        .get(format!("{base}/sim/twilio/calls/{sid}"))
+        .send()
+        .await
+        .expect("answers");
     assert_eq!(one.status(), 200);
-    let missing = client.get(format!("{base}/sim/twilio/calls/CAnope")).send().await.expect("answers");
+    let missing = client
+        .get(format!("{base}/sim/twilio/calls/CAnope"))
+        .send()
+        .await
+        .expect("answers");
     assert_eq!(missing.status(), 404);
     let timeout = client
         .post(format!("{base}/sim/twilio/calls/CAnope/wait?timeout_ms=10"))
@@ -139,7 +192,12 @@ async fn control_api_drives_the_binary() {
         .await
         .expect("json");
     assert_eq!(queued["queued"], 2);
-    let tts = client.put(format!("{base}/sim/tts/config")).json(&json!({"chunk_ms": "big"})).send().await.expect("answers");
+    let tts = client
+        .put(format!("{base}/sim/tts/config"))
+        .json(&json!({"chunk_ms": "big"}))
+        .send()
+        .await
+        .expect("answers");
     assert_eq!(tts.status(), 400);
     let twilio: Value = client
         .put(format!("{base}/sim/twilio/config"))
@@ -153,20 +211,49 @@ async fn control_api_drives_the_binary() {
     assert_eq!(twilio["jitter_buffer_ms"], 60);
     assert_eq!(twilio["auth_token"], common::TOKEN);
 
-    let timings: Value = client.get(format!("{base}/sim/timings")).send().await.expect("answers").json().await.expect("json");
+    let timings: Value = client
+        .get(format!("{base}/sim/timings"))
+        .send()
+        .await
+        .expect("answers")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(timings["clock"], "microseconds since simulator start");
     assert_eq!(timings["calls"][0]["call_sid"], sid.as_str());
     assert!(timings["calls"][0]["segments"][0]["speech_end_at"].is_u64());
     for path in ["/sim/stt/records", "/sim/tts/records", "/sim/llm/requests"] {
-        let response = client.get(format!("{base}{path}")).send().await.expect("answers");
+        let response = client
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .expect("answers");
         assert_eq!(response.status(), 200, "{path}");
     }
 
-    let reset = client.post(format!("{base}/sim/reset")).send().await.expect("answers");
+    let reset = client
+        .post(format!("{base}/sim/reset"))
+        .send()
+        .await
+        .expect("answers");
     assert_eq!(reset.status(), 204);
-    let calls: Value = client.get(format!("{base}/sim/twilio/calls")).send().await.expect("answers").json().await.expect("json");
+    let calls: Value = client
+        .get(format!("{base}/sim/twilio/calls"))
+        .send()
+        .await
+        .expect("answers")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(calls, json!([]));
-    let llm: Value = client.get(format!("{base}/sim/llm/config")).send().await.expect("answers").json().await.expect("json");
+    let llm: Value = client
+        .get(format!("{base}/sim/llm/config"))
+        .send()
+        .await
+        .expect("answers")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(llm["mode"], "echo");
     assert_eq!(llm["failures"], json!([]));
     tokio::time::sleep(Duration::from_millis(10)).await;

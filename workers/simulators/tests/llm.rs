@@ -69,21 +69,38 @@ async fn streams_tokens_with_usage_on_the_last_chunk_like_cerebras() {
         .iter()
         .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
         .collect();
-    assert_eq!(text, "I heard you say: I ran five kilometres today. Tell me more about that.");
-    let content_chunks = chunks.iter().filter(|c| c["choices"][0]["delta"]["content"].as_str().is_some_and(|s| !s.is_empty())).count();
+    assert_eq!(
+        text,
+        "I heard you say: I ran five kilometres today. Tell me more about that."
+    );
+    let content_chunks = chunks
+        .iter()
+        .filter(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty())
+        })
+        .count();
     let last = chunks.last().expect("last chunk");
     assert_eq!(last["choices"][0]["finish_reason"], "stop");
     // prompt: ceil((31 + 28) / 4) + 3 * 2 = 21
     assert_eq!(last["usage"]["prompt_tokens"], 21);
     assert_eq!(last["usage"]["completion_tokens"], content_chunks);
     assert_eq!(last["usage"]["total_tokens"], 21 + content_chunks);
-    assert!(chunks[..chunks.len() - 1].iter().all(|c| c.get("usage").is_none()));
+    assert!(
+        chunks[..chunks.len() - 1]
+            .iter()
+            .all(|c| c.get("usage").is_none())
+    );
 
     let records = sims.llm().requests();
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].outcome, "completed");
     assert_eq!(records[0].tokens_sent, content_chunks as u64);
-    assert_eq!(records[0].messages()[1]["content"], "I ran five kilometres today!");
+    assert_eq!(
+        records[0].messages()[1]["content"],
+        "I ran five kilometres today!"
+    );
 }
 
 #[tokio::test]
@@ -94,11 +111,17 @@ async fn openai_usage_style_non_streaming_and_max_tokens() {
         ..sims.llm().config()
     });
     let payloads = events(post(&sims, request(true, true)).await).await;
-    let chunks: Vec<Value> = payloads[..payloads.len() - 1].iter().map(|p| serde_json::from_str(p).expect("json")).collect();
+    let chunks: Vec<Value> = payloads[..payloads.len() - 1]
+        .iter()
+        .map(|p| serde_json::from_str(p).expect("json"))
+        .collect();
     let usage_chunk = chunks.last().expect("usage chunk");
     assert_eq!(usage_chunk["choices"], json!([]));
     assert_eq!(usage_chunk["usage"]["prompt_tokens"], 21);
-    assert_eq!(chunks[chunks.len() - 2]["choices"][0]["finish_reason"], "stop");
+    assert_eq!(
+        chunks[chunks.len() - 2]["choices"][0]["finish_reason"],
+        "stop"
+    );
     assert!(chunks[chunks.len() - 2].get("usage").is_none());
 
     // Without include_usage: no usage anywhere.
@@ -142,7 +165,12 @@ async fn auth_and_validation_errors_are_openai_shaped() {
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["error"]["param"], "stream_options");
     assert_eq!(post(&sims, json!({"model": "m"})).await.status(), 400);
-    let outcomes: Vec<String> = sims.llm().requests().into_iter().map(|r| r.outcome).collect();
+    let outcomes: Vec<String> = sims
+        .llm()
+        .requests()
+        .into_iter()
+        .map(|r| r.outcome)
+        .collect();
     assert_eq!(outcomes, vec!["unauthorized", "invalid", "invalid"]);
 }
 
@@ -151,10 +179,16 @@ async fn scripted_replies_summaries_and_injected_failures() {
     let sims = common::start_sims().await;
     sims.llm().set_config(LlmConfig {
         mode: LlmMode::Scripted,
-        failures: [LlmFailure::Http500, LlmFailure::Empty, LlmFailure::SlowFirstToken { ms: 300 }].into(),
+        failures: [
+            LlmFailure::Http500,
+            LlmFailure::Empty,
+            LlmFailure::SlowFirstToken { ms: 300 },
+        ]
+        .into(),
         ..sims.llm().config()
     });
-    sims.llm().push_replies(["First scripted reply.".to_owned()]);
+    sims.llm()
+        .push_replies(["First scripted reply.".to_owned()]);
 
     let response = post(&sims, request(true, false)).await;
     assert_eq!(response.status(), 500);
@@ -166,10 +200,18 @@ async fn scripted_replies_summaries_and_injected_failures() {
         .iter()
         .filter(|p| *p != "[DONE]")
         .filter_map(|p| serde_json::from_str::<Value>(p).ok())
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
         .collect();
     assert_eq!(content, "");
-    assert!(payloads.iter().any(|p| p.contains("\"completion_tokens\":0")));
+    assert!(
+        payloads
+            .iter()
+            .any(|p| p.contains("\"completion_tokens\":0"))
+    );
 
     let started = Instant::now();
     let payloads = events(post(&sims, request(true, false)).await).await;
@@ -178,7 +220,11 @@ async fn scripted_replies_summaries_and_injected_failures() {
         .iter()
         .filter(|p| *p != "[DONE]")
         .filter_map(|p| serde_json::from_str::<Value>(p).ok())
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
         .collect();
     assert_eq!(content, "First scripted reply.");
 
@@ -186,7 +232,10 @@ async fn scripted_replies_summaries_and_injected_failures() {
     let mut summary = request(false, false);
     summary["messages"][0]["content"] = json!("Summarize this call in one sentence.");
     let body: Value = post(&sims, summary).await.json().await.expect("json");
-    assert_eq!(body["choices"][0]["message"]["content"], "Summary: the caller talked about I ran five kilometres today.");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "Summary: the caller talked about I ran five kilometres today."
+    );
 }
 
 #[tokio::test]
@@ -199,7 +248,9 @@ async fn a_client_that_hangs_up_mid_stream_cancels_generation() {
     let mut response = post(&sims, request(true, true)).await;
     let mut received = 0;
     while let Some(chunk) = response.chunk().await.expect("bytes") {
-        received += String::from_utf8_lossy(&chunk).matches("\"content\"").count();
+        received += String::from_utf8_lossy(&chunk)
+            .matches("\"content\"")
+            .count();
         if received >= 4 {
             break;
         }
@@ -208,7 +259,11 @@ async fn a_client_that_hangs_up_mid_stream_cancels_generation() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let record = &sims.llm().requests()[0];
     assert_eq!(record.outcome, "cancelled", "{record:?}");
-    assert!(record.tokens_sent >= 3 && record.tokens_sent <= 6, "{}", record.tokens_sent);
+    assert!(
+        record.tokens_sent >= 3 && record.tokens_sent <= 6,
+        "{}",
+        record.tokens_sent
+    );
 
     // Time to first token and rate are honoured.
     sims.llm().set_config(LlmConfig {
@@ -225,4 +280,24 @@ async fn a_client_that_hangs_up_mid_stream_cancels_generation() {
     // 15 tokens at 50/s: about 280 ms after the first.
     assert!(total >= first + 250_000, "total {total} µs");
     assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn hang_accepts_and_never_answers() {
+    let sims = common::start_sims().await;
+    sims.llm().set_config(LlmConfig {
+        failures: [LlmFailure::Hang].into(),
+        ..sims.llm().config()
+    });
+    let result = reqwest::Client::new()
+        .post(url(&sims))
+        .bearer_auth("sim-llm-key")
+        .timeout(Duration::from_millis(400))
+        .json(&request(true, false))
+        .send()
+        .await;
+    assert!(result.is_err_and(|e| e.is_timeout()));
+    assert_eq!(sims.llm().requests()[0].outcome, "hang");
+    // The next request is normal again.
+    assert_eq!(post(&sims, request(false, false)).await.status(), 200);
 }

@@ -30,15 +30,22 @@ async fn media(State((stats, _)): State<(Stats, String)>, upgrade: WebSocketUpgr
     upgrade.on_upgrade(move |socket| count(stats, socket))
 }
 
-async fn twiml(State((_, ws)): State<(Stats, String)>) -> ([(&'static str, &'static str); 1], String) {
-    ([("content-type", "text/xml")], format!(r#"<Response><Connect><Stream url="{ws}/media"/></Connect></Response>"#))
+async fn twiml(
+    State((_, ws)): State<(Stats, String)>,
+) -> ([(&'static str, &'static str); 1], String) {
+    (
+        [("content-type", "text/xml")],
+        format!(r#"<Response><Connect><Stream url="{ws}/media"/></Connect></Response>"#),
+    )
 }
 
 async fn count(stats: Stats, mut socket: WebSocket) {
     let mut mine = StreamStats::default();
     let mut previous: Option<Instant> = None;
     while let Some(Ok(message)) = socket.recv().await {
-        let Message::Text(text) = message else { continue };
+        let Message::Text(text) = message else {
+            continue;
+        };
         if !text.as_str().contains(r#""event":"media""#) {
             continue;
         }
@@ -58,7 +65,9 @@ async fn count(stats: Stats, mut socket: WebSocket) {
 
 async fn run(calls: usize, seconds: u64) {
     let sims = common::start_sims().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let stats: Stats = Arc::default();
     let router = Router::new()
@@ -66,21 +75,30 @@ async fn run(calls: usize, seconds: u64) {
         .route("/media", get(media))
         .with_state((stats.clone(), format!("ws://{addr}")));
     tokio::spawn(async move { axum::serve(listener, router).await.expect("serve") });
-    sims.twilio().set_default_scenario(common::scenario(json!({"script": [], "hangup": "app"})));
+    sims.twilio()
+        .set_default_scenario(common::scenario(json!({"script": [], "hangup": "app"})));
     let time_limit = seconds.to_string();
     let mut sids = Vec::new();
     for i in 0..calls {
         let to = format!("+1415555{i:04}");
         let (status, body) = common::create_call(
             &sims,
-            &[("To", &to), ("From", "+14155550199"), ("Url", &format!("http://{addr}/twiml")), ("TimeLimit", &time_limit)],
+            &[
+                ("To", &to),
+                ("From", "+14155550199"),
+                ("Url", &format!("http://{addr}/twiml")),
+                ("TimeLimit", &time_limit),
+            ],
         )
         .await;
         assert_eq!(status, 201, "{body}");
         sids.push(body["sid"].as_str().expect("sid").to_owned());
     }
     for sid in &sids {
-        sims.twilio().wait_for_end(sid, Duration::from_secs(seconds + 20)).await.expect("ends");
+        sims.twilio()
+            .wait_for_end(sid, Duration::from_secs(seconds + 20))
+            .await
+            .expect("ends");
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let stats = stats.lock().expect("lock").clone();
@@ -93,12 +111,26 @@ async fn run(calls: usize, seconds: u64) {
         let expected = span.as_secs_f64() * 50.0 + 1.0;
         let error = (s.frames - 9) as f64 - expected;
         worst_rate_error = worst_rate_error.max(error.abs());
-        assert!(error.abs() <= 2.0, "{} frames, {} after the 10th over {span:?}", s.frames, s.frames - 9);
-        assert!(s.frames >= (seconds * 50).saturating_sub(25), "only {} frames", s.frames);
+        assert!(
+            error.abs() <= 2.0,
+            "{} frames, {} after the 10th over {span:?}",
+            s.frames,
+            s.frames - 9
+        );
+        assert!(
+            s.frames >= (seconds * 50).saturating_sub(25),
+            "only {} frames",
+            s.frames
+        );
         worst_gap = worst_gap.max(s.max_gap);
     }
-    eprintln!("{calls} calls × {seconds} s: worst gap between media frames {worst_gap:?}, worst frame-count error {worst_rate_error:.1}");
-    assert!(worst_gap < Duration::from_millis(100), "worst gap {worst_gap:?}");
+    eprintln!(
+        "{calls} calls × {seconds} s: worst gap between media frames {worst_gap:?}, worst frame-count error {worst_rate_error:.1}"
+    );
+    assert!(
+        worst_gap < Duration::from_millis(100),
+        "worst gap {worst_gap:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,7 +34,10 @@ struct Worker {
 async fn twiml(State(worker): State<Worker>) -> ([(&'static str, &'static str); 1], String) {
     (
         [("content-type", "text/xml")],
-        format!(r#"<Response><Connect><Stream url="{}/media"/></Connect></Response>"#, worker.own_ws),
+        format!(
+            r#"<Response><Connect><Stream url="{}/media"/></Connect></Response>"#,
+            worker.own_ws
+        ),
     )
 }
 
@@ -49,7 +52,11 @@ async fn call(worker: Worker, phone: WebSocket) {
     // Writer: everything for the phone goes through one task.
     tokio::spawn(async move {
         while let Some(message) = out_rx.recv().await {
-            if phone_tx.send(AxumMessage::Text(message.into())).await.is_err() {
+            if phone_tx
+                .send(AxumMessage::Text(message.into()))
+                .await
+                .is_err()
+            {
                 break;
             }
         }
@@ -61,10 +68,13 @@ async fn call(worker: Worker, phone: WebSocket) {
     )
     .into_client_request()
     .expect("url");
-    stt_request
-        .headers_mut()
-        .insert("authorization", HeaderValue::from_static("Token sim-deepgram-key"));
-    let (stt, _) = tokio_tungstenite::connect_async(stt_request).await.expect("STT connects");
+    stt_request.headers_mut().insert(
+        "authorization",
+        HeaderValue::from_static("Token sim-deepgram-key"),
+    );
+    let (stt, _) = tokio_tungstenite::connect_async(stt_request)
+        .await
+        .expect("STT connects");
     let (mut stt_tx, mut stt_rx) = stt.split();
     let mut tts_request = format!(
         "{}/v1/text-to-speech/brad/multi-stream-input?model_id=eleven_flash_v2_5&output_format=ulaw_8000&auto_mode=true",
@@ -75,7 +85,9 @@ async fn call(worker: Worker, phone: WebSocket) {
     tts_request
         .headers_mut()
         .insert("xi-api-key", HeaderValue::from_static("sim-elevenlabs-key"));
-    let (tts, _) = tokio_tungstenite::connect_async(tts_request).await.expect("TTS connects");
+    let (tts, _) = tokio_tungstenite::connect_async(tts_request)
+        .await
+        .expect("TTS connects");
     let (tts_tx, mut tts_rx) = tts.split();
     let tts_tx = Arc::new(tokio::sync::Mutex::new(tts_tx));
 
@@ -108,8 +120,14 @@ async fn call(worker: Worker, phone: WebSocket) {
             let mut turn = 0;
             while let Some(Ok(Message::Text(text))) = stt_rx.next().await {
                 let value: Value = serde_json::from_str(text.as_str()).expect("STT JSON");
-                let transcript = value["channel"]["alternatives"][0]["transcript"].as_str().unwrap_or_default().to_owned();
-                if value["type"] != "Results" || value["speech_final"] != true || transcript.is_empty() {
+                let transcript = value["channel"]["alternatives"][0]["transcript"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                if value["type"] != "Results"
+                    || value["speech_final"] != true
+                    || transcript.is_empty()
+                {
                     continue;
                 }
                 turn += 1;
@@ -146,24 +164,32 @@ async fn call(worker: Worker, phone: WebSocket) {
                 // The whole reply as one flushed message (a real pipeline sends sentence by sentence).
                 let mut tx = tts_tx.lock().await;
                 let _ = tx
-                    .send(Message::text(json!({"text": format!("{reply} "), "context_id": context, "flush": true}).to_string()))
+                    .send(Message::text(
+                        json!({"text": format!("{reply} "), "context_id": context, "flush": true})
+                            .to_string(),
+                    ))
                     .await;
             }
         });
     }
 
     while let Some(Ok(message)) = phone_rx.next().await {
-        let AxumMessage::Text(text) = message else { continue };
+        let AxumMessage::Text(text) = message else {
+            continue;
+        };
         let value: Value = serde_json::from_str(text.as_str()).expect("phone JSON");
         match value["event"].as_str() {
             Some("start") => {
-                *stream_sid.lock().expect("lock") = value["streamSid"].as_str().expect("sid").to_owned();
+                *stream_sid.lock().expect("lock") =
+                    value["streamSid"].as_str().expect("sid").to_owned();
                 let mut tx = tts_tx.lock().await;
                 let greeting = json!({"text": "Hello, this is Brad. ", "context_id": "greeting", "flush": true});
                 let _ = tx.send(Message::text(greeting.to_string())).await;
             }
             Some("media") => {
-                let audio = STANDARD.decode(value["media"]["payload"].as_str().expect("payload")).expect("base64");
+                let audio = STANDARD
+                    .decode(value["media"]["payload"].as_str().expect("payload"))
+                    .expect("base64");
                 if stt_tx.send(Message::binary(audio)).await.is_err() {
                     break;
                 }
@@ -172,11 +198,15 @@ async fn call(worker: Worker, phone: WebSocket) {
             _ => {}
         }
     }
-    let _ = stt_tx.send(Message::text(r#"{"type":"CloseStream"}"#)).await;
+    let _ = stt_tx
+        .send(Message::text(r#"{"type":"CloseStream"}"#))
+        .await;
 }
 
 async fn start_worker(sims: &Simulators) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let worker = Worker {
         sims_base: sims.base_url(),
@@ -202,7 +232,11 @@ async fn a_call_through_all_four_simulators_records_every_benchmark_instant() {
     tts.ms_per_char = 30;
     sims.tts().set_config(tts);
     let worker = start_worker(&sims).await;
-    let lines = ["I would like to talk about running.", "Yesterday I ran ten kilometres.", "Thanks, bye."];
+    let lines = [
+        "I would like to talk about running.",
+        "Yesterday I ran ten kilometres.",
+        "Thanks, bye.",
+    ];
     sims.twilio().set_scenario(
         "+14155550123",
         common::scenario(json!({
@@ -212,12 +246,20 @@ async fn a_call_through_all_four_simulators_records_every_benchmark_instant() {
     );
     let (status, body) = common::create_call(
         &sims,
-        &[("To", "+14155550123"), ("From", "+14155550199"), ("Url", &format!("{worker}/twiml"))],
+        &[
+            ("To", "+14155550123"),
+            ("From", "+14155550199"),
+            ("Url", &format!("{worker}/twiml")),
+        ],
     )
     .await;
     assert_eq!(status, 201, "{body}");
     let sid = body["sid"].as_str().expect("sid");
-    let record = sims.twilio().wait_for_end(sid, Duration::from_secs(30)).await.expect("call ends");
+    let record = sims
+        .twilio()
+        .wait_for_end(sid, Duration::from_secs(30))
+        .await
+        .expect("call ends");
     assert_eq!(record.end_reason, Some(EndReason::CallerHangup));
 
     let stream = record.stream.expect("stream");
@@ -227,7 +269,12 @@ async fn a_call_through_all_four_simulators_records_every_benchmark_instant() {
         .flat_map(|r| r.segments.iter().filter_map(|s| s.heard_text.clone()))
         .collect();
     let mut expected = vec!["Hello, this is Brad.".to_owned()];
-    expected.extend(lines.iter().map(|l| format!("I heard you say: {}. Tell me more about that.", l.trim_end_matches(['.', '!']))));
+    expected.extend(lines.iter().map(|l| {
+        format!(
+            "I heard you say: {}. Tell me more about that.",
+            l.trim_end_matches(['.', '!'])
+        )
+    }));
     assert_eq!(heard, expected);
     assert!(stream.violations.is_empty(), "{:?}", stream.violations);
 
@@ -236,12 +283,21 @@ async fn a_call_through_all_four_simulators_records_every_benchmark_instant() {
         .llm()
         .requests()
         .iter()
-        .map(|r| r.messages()[1]["content"].as_str().expect("content").to_owned())
+        .map(|r| {
+            r.messages()[1]["content"]
+                .as_str()
+                .expect("content")
+                .to_owned()
+        })
         .collect();
     assert_eq!(prompts, lines);
 
     let timings = sims.timings();
-    let call = timings.calls.iter().find(|c| c.call_sid == sid).expect("timings for the call");
+    let call = timings
+        .calls
+        .iter()
+        .find(|c| c.call_sid == sid)
+        .expect("timings for the call");
     assert_eq!(call.segments.len(), 3);
     for segment in &call.segments {
         let speech_end = segment.speech_end_at.expect("speech end");
@@ -251,7 +307,10 @@ async fn a_call_through_all_four_simulators_records_every_benchmark_instant() {
         assert!(final_sent > speech_end + 150_000, "{segment:?}");
         assert!(reply > final_sent, "{segment:?}");
         let added = segment.final_to_reply_us.expect("derived");
-        eprintln!("line {:?}: STT final → first reply frame {added} µs", segment.line_index);
+        eprintln!(
+            "line {:?}: STT final → first reply frame {added} µs",
+            segment.line_index
+        );
         assert!(added < 500_000, "pipeline took {added} µs");
     }
     let stt = sims.stt().records();

@@ -175,6 +175,8 @@ struct Phone<'a> {
     outbox: Vec<String>,
     hang_up: bool,
     last_advance_us: u64,
+    /// When the last persona segment stopped playing (completed or cleared).
+    speech_ended_us: u64,
 }
 
 impl std::fmt::Debug for Phone<'_> {
@@ -437,6 +439,7 @@ impl<'a> Phone<'a> {
             outbox: Vec::new(),
             hang_up: false,
             last_advance_us: start_us,
+            speech_ended_us: start_us,
         }
     }
 
@@ -654,6 +657,9 @@ impl<'a> Phone<'a> {
             let position = heard_up_to.min(t.complete_at().unwrap_or(u64::MAX));
             self.finalize(t, position, true);
         }
+        if !cut.is_empty() {
+            self.speech_ended_us = now;
+        }
         self.with_stream(|s| {
             s.clears.push(now);
             if let Some(reply) = s.replies.last_mut() {
@@ -754,6 +760,9 @@ impl<'a> Phone<'a> {
             {
                 let done = self.tracked.remove(index);
                 self.finalize(&done, complete, false);
+                self.speech_ended_us = now
+                    .saturating_sub((played - complete) * 125)
+                    .max(previous_advance);
                 continue;
             }
             index += 1;
@@ -851,11 +860,12 @@ impl<'a> Phone<'a> {
 
     /// Decides whether the caller starts a line (or hangs up) at this tick.
     fn step_script(&mut self, now: u64) {
-        let idle_for = if self.playback.is_idle() {
-            Some(now.saturating_sub(self.playback.idle_since_us()) / 1000)
-        } else {
-            None
-        };
+        // The persona is silent when no speech segment is playing or waiting to play (silence
+        // audio the app keeps sending does not count as talking).
+        let silent_for = self
+            .tracked
+            .is_empty()
+            .then(|| now.saturating_sub(self.speech_ended_us) / 1000);
         let replied = self.reply_play_start_us;
         match self.caller {
             Caller::Speaking { .. } => {}
@@ -887,9 +897,9 @@ impl<'a> Phone<'a> {
                     (Some(_), None) => (false, true),
                     (None, Some(started)) => {
                         let pause = spec.pause_ms.unwrap_or(DEFAULT_PAUSE_MS);
-                        let silent_since_reply = self.playback.idle_since_us() >= started;
+                        let silent_since_reply = self.speech_ended_us >= started;
                         (
-                            silent_since_reply && idle_for.is_some_and(|idle| idle >= pause),
+                            silent_since_reply && silent_for.is_some_and(|silent| silent >= pause),
                             false,
                         )
                     }
@@ -933,8 +943,8 @@ impl<'a> Phone<'a> {
                 let waited_ms = now.saturating_sub(since_us) / 1000;
                 let done = match replied {
                     Some(started) => {
-                        self.playback.idle_since_us() >= started
-                            && idle_for.is_some_and(|idle| idle >= after_ms)
+                        self.speech_ended_us >= started
+                            && silent_for.is_some_and(|silent| silent >= after_ms)
                     }
                     None => waited_ms >= self.params.max_wait_ms,
                 };

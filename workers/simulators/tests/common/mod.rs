@@ -28,7 +28,9 @@ pub async fn start_sims() -> Simulators {
     config.twilio.auth_token = TOKEN.to_owned();
     config.twilio.ringing_delay_ms = 20;
     config.twilio.amd_decision_ms = 200;
-    Simulators::start(config).await.expect("simulators start on a free port")
+    Simulators::start(config)
+        .await
+        .expect("simulators start on a free port")
 }
 
 /// Fast scenario defaults for tests.
@@ -45,11 +47,17 @@ pub fn basic_auth() -> String {
 }
 
 pub fn calls_url(sims: &Simulators) -> String {
-    format!("{}/2010-04-01/Accounts/{ACCOUNT}/Calls.json", sims.base_url())
+    format!(
+        "{}/2010-04-01/Accounts/{ACCOUNT}/Calls.json",
+        sims.base_url()
+    )
 }
 
 pub fn call_url(sims: &Simulators, sid: &str) -> String {
-    format!("{}/2010-04-01/Accounts/{ACCOUNT}/Calls/{sid}.json", sims.base_url())
+    format!(
+        "{}/2010-04-01/Accounts/{ACCOUNT}/Calls/{sid}.json",
+        sims.base_url()
+    )
 }
 
 /// POSTs `Calls.json`; returns (status, body).
@@ -88,6 +96,8 @@ pub struct Persona {
     /// Close the socket this long after `start`.
     pub close_after_ms: Option<u64>,
     pub ms_per_char: u32,
+    /// Keep the stream busy with silence frames whenever there is nothing to say.
+    pub silence_when_idle: bool,
 }
 
 impl Default for Persona {
@@ -103,6 +113,7 @@ impl Default for Persona {
             violations: false,
             close_after_ms: None,
             ms_per_char: 20,
+            silence_when_idle: false,
         }
     }
 }
@@ -119,7 +130,10 @@ pub struct Received {
 
 impl Received {
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -163,7 +177,12 @@ impl FakeApp {
     }
 
     pub fn requests_to(&self, path: &str) -> Vec<Received> {
-        self.log().requests.iter().filter(|r| r.path == path).cloned().collect()
+        self.log()
+            .requests
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
     }
 
     pub fn stream_events(&self, event: &str) -> Vec<Value> {
@@ -182,7 +201,9 @@ struct AppState {
 }
 
 pub async fn start_app() -> FakeApp {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let (tx, rx) = tokio::sync::oneshot::channel::<FakeApp>();
     let server = tokio::spawn(async move {
@@ -209,12 +230,26 @@ pub async fn start_app() -> FakeApp {
     app
 }
 
-async fn webhook(State(state): State<AppState>, uri: Uri, headers: HeaderMap, body: String) -> Response {
+async fn webhook(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
     let app = state.app;
-    let url = format!("{}{}", app.base, uri.path_and_query().map(|p| p.as_str()).unwrap_or(""));
+    let url = format!(
+        "{}{}",
+        app.base,
+        uri.path_and_query().map(|p| p.as_str()).unwrap_or("")
+    );
     let params: Vec<(String, String)> = serde_urlencoded::from_str(&body).unwrap_or_default();
-    let sig = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let signature_valid = sig.as_deref().is_some_and(|s| signature::verify(TOKEN, &url, &params, s));
+    let sig = headers
+        .get("x-twilio-signature")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let signature_valid = sig
+        .as_deref()
+        .is_some_and(|s| signature::verify(TOKEN, &url, &params, s));
     let path = uri.path().to_owned();
     app.log().requests.push(Received {
         path: path.clone(),
@@ -236,11 +271,21 @@ async fn webhook(State(state): State<AppState>, uri: Uri, headers: HeaderMap, bo
     axum::http::StatusCode::NO_CONTENT.into_response()
 }
 
-async fn media(State(state): State<AppState>, Path(id): Path<String>, headers: HeaderMap, upgrade: WebSocketUpgrade) -> Response {
+async fn media(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
     let app = state.app;
     let url = format!("{}/media/{id}", app.base.replacen("http://", "ws://", 1));
-    let sig = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let valid = sig.as_deref().is_some_and(|s| signature::verify(TOKEN, &url, &[], s));
+    let sig = headers
+        .get("x-twilio-signature")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let valid = sig
+        .as_deref()
+        .is_some_and(|s| signature::verify(TOKEN, &url, &[], s));
     app.log().stream_handshakes.push((sig, valid));
     upgrade.on_upgrade(move |socket| persona_loop(app, socket))
 }
@@ -265,7 +310,8 @@ async fn persona_loop(app: FakeApp, mut socket: WebSocket) {
     tokio::pin!(close_at);
     let queue_reply = |text: &str, outgoing: &mut VecDeque<String>, stream_sid: &str, n: usize| {
         let id = codec::next_segment_id();
-        let mut audio = codec::encode_segment(id, text, codec::duration_for(text, persona.ms_per_char));
+        let mut audio =
+            codec::encode_segment(id, text, codec::duration_for(text, persona.ms_per_char));
         audio.extend([codec::SILENCE; 960]);
         outgoing.extend(media_messages(stream_sid, &audio));
         if persona.marks {
@@ -336,6 +382,9 @@ async fn persona_loop(app: FakeApp, mut socket: WebSocket) {
                 tick_count += 1;
                 if tick_count % persona.ticks_per_frame.max(1) != 0 {
                     continue;
+                }
+                if persona.silence_when_idle && outgoing.is_empty() && !stream_sid.is_empty() {
+                    outgoing.extend(media_messages(&stream_sid, &[codec::SILENCE; 160]));
                 }
                 let n = if persona.frames_per_tick == 0 { outgoing.len() } else { persona.frames_per_tick };
                 for _ in 0..n {
