@@ -380,7 +380,7 @@ async fn persona_loop(app: FakeApp, mut socket: WebSocket) {
             }
             _ = tick.tick() => {
                 tick_count += 1;
-                if tick_count % persona.ticks_per_frame.max(1) != 0 {
+                if !tick_count.is_multiple_of(persona.ticks_per_frame.max(1)) {
                     continue;
                 }
                 if persona.silence_when_idle && outgoing.is_empty() && !stream_sid.is_empty() {
