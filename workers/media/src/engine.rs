@@ -1248,6 +1248,7 @@ impl Engine {
             failures: std::mem::take(&mut self.failures),
             answered_by: self.answered_by,
             cost_events,
+            next_cost_seq: self.meter.next_seq(),
             summary: None,
         });
         out.push(Action::Finished);

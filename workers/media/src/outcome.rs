@@ -1,7 +1,7 @@
 //! The record of a finished call: what the finalisation writes, exactly once.
 
 use callmeback_domain::calls::{AnsweredBy, CallStatus};
-use callmeback_domain::pricing::{CostBreakdown, Usage};
+use callmeback_domain::pricing::{CostBreakdown, RateCard, Usage};
 use serde::{Deserialize, Serialize};
 
 use crate::events::{Millis, Provider};
@@ -93,6 +93,44 @@ pub struct CallOutcome {
     pub answered_by: Option<AnsweredBy>,
     /// Cost events not yet written during the call.
     pub cost_events: Vec<CostEvent>,
+    /// Sequence number for the next cost event (events are numbered per call).
+    pub next_cost_seq: u32,
     /// The memory summary for the next call, when one was made.
     pub summary: Option<String>,
+}
+
+impl CallOutcome {
+    /// Adds the post-call summary and meters the LLM request that wrote it like any other.
+    pub fn add_summary(
+        &mut self,
+        summary: String,
+        prompt_tokens: u64,
+        completion_tokens: u64,
+        rates: &RateCard,
+        now: Millis,
+    ) {
+        self.usage.llm_input_tokens += prompt_tokens;
+        self.usage.llm_output_tokens += completion_tokens;
+        self.cost = CostBreakdown::from_usage_at(&self.usage, rates);
+        for (kind, quantity, rate) in [
+            ("llm_input_tokens", prompt_tokens, rates.llm_input_per_token),
+            (
+                "llm_output_tokens",
+                completion_tokens,
+                rates.llm_output_per_token,
+            ),
+        ] {
+            self.cost_events.push(CostEvent {
+                seq: self.next_cost_seq,
+                provider: "cerebras".to_owned(),
+                kind: kind.to_owned(),
+                quantity: quantity.to_string(),
+                unit: "tokens".to_owned(),
+                cost: rate.price(quantity),
+                at_ms: now,
+            });
+            self.next_cost_seq += 1;
+        }
+        self.summary = Some(summary);
+    }
 }

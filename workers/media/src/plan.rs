@@ -20,6 +20,10 @@ pub struct CallPlan {
     pub system_prompt: String,
     /// What the persona says first when the callee picks up.
     pub greeting: String,
+    /// What the persona remembered before this call (it is in the system prompt too); the
+    /// post-call summary merges into it.
+    #[serde(default)]
+    pub previous_memory: Option<String>,
     pub voicemail: VoicemailPlan,
     pub voice: VoiceSpec,
     pub llm: LlmSpec,

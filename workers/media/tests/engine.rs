@@ -22,6 +22,7 @@ fn plan() -> CallPlan {
         persona_name: "Brad".to_owned(),
         system_prompt: "You are Brad.".to_owned(),
         greeting: "Hey Ada, Brad here!".to_owned(),
+        previous_memory: None,
         voicemail: VoicemailPlan {
             action: VoicemailAction::LeaveMessage,
             message: "Hi Ada, it's Brad. Call me back!".to_owned(),
@@ -916,4 +917,27 @@ fn limits_are_checked_at_least_every_30_seconds_in_silence() {
     }
     let warned_at = warned_at.expect("warned");
     assert!((55..=62).contains(&warned_at), "warned at {warned_at} s");
+}
+
+#[test]
+fn the_summary_is_metered_and_numbered_after_the_last_event() {
+    let mut call = Call::started(plan());
+    call.greeting_played();
+    call.now += 30_000;
+    call.send(Event::StreamStopped);
+    let mut outcome = call.engine.outcome().unwrap().clone();
+    let last_seq = outcome.cost_events.iter().map(|e| e.seq).max().unwrap();
+    let before = outcome.cost.total;
+    outcome.add_summary(
+        "Ada trains for a 10k.".to_owned(),
+        300,
+        20,
+        &RATES_2025,
+        call.now,
+    );
+    assert_eq!(outcome.usage.llm_input_tokens, 300);
+    assert!(outcome.cost.total > before);
+    let seqs: Vec<u32> = outcome.cost_events.iter().map(|e| e.seq).collect();
+    assert_eq!(&seqs[seqs.len() - 2..], &[last_seq + 1, last_seq + 2]);
+    assert_eq!(outcome.summary.as_deref(), Some("Ada trains for a 10k."));
 }
