@@ -10,20 +10,10 @@ use db_gateway::ops::password::{ARGON2_M_COST_KIB, ARGON2_P_COST, ARGON2_T_COST}
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, fresh_nonce, ok, ok_batch, refused, spawn_app};
+use crate::helpers::{TestApp, call, fresh_nonce, ok, ok_batch, refused, spawn_app};
 
 const PASSWORD: &str = "correct horse battery staple";
 const IP: &str = "203.0.113.7";
-
-fn call(op: &str, params: Value) -> OpCall {
-    let Value::Object(params) = params else {
-        panic!("params must be an object")
-    };
-    OpCall {
-        op: op.to_owned(),
-        params,
-    }
-}
 
 fn new_user_id() -> String {
     format!("usr_{}", fresh_nonce())

@@ -400,6 +400,14 @@ pub(crate) fn signed_header_list(signed: &SignedHeaders) -> Vec<(&'static str, &
     ]
 }
 
+/// A call of `op` with the members of a JSON object as its parameters.
+pub(crate) fn call(op: &str, params: serde_json::Value) -> OpCall {
+    let serde_json::Value::Object(params) = params else {
+        panic!("params must be an object")
+    };
+    OpCall::new(op).with_params(params)
+}
+
 pub(crate) fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
