@@ -23,9 +23,9 @@ use tokio_postgres::{NoTls, Row, Statement};
 
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::ops::encode::ColumnCodec;
-use crate::ops::params::BoundParam;
-use crate::ops::{DEFAULT_STATEMENT_TIMEOUT_MS, Expect, Mode, OpDef};
+use crate::statement::encode::ColumnCodec;
+use crate::statement::params::BoundParam;
+use crate::statement::{DEFAULT_STATEMENT_TIMEOUT_MS, Expect, Mode, OpDef};
 
 /// A transaction left open this long (a stuck client of ours) is ended by Postgres.
 const IDLE_IN_TRANSACTION_TIMEOUT_MS: u32 = 30_000;

@@ -26,9 +26,9 @@ use super::auth::SignedBody;
 use super::observe::{OpLabel, RequestOutcome};
 use crate::error::ApiError;
 use crate::ops::RegisteredOp;
-use crate::ops::params::{bind, bind_declared};
 use crate::ops::password::hash_new_passwords;
 use crate::pipeline::SharedRead;
+use crate::statement::params::{bind, bind_declared};
 use crate::{MAX_BATCH_OPS, db};
 
 /// Longest unknown operation name echoed back in an error.

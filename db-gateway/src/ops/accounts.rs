@@ -18,7 +18,6 @@
 
 use serde_json::Value;
 
-use super::params::{BoundParam, Plaintext};
 use super::password::{self, Verdict};
 use super::{
     DEFAULT_STATEMENT_TIMEOUT_MS, Expect, Mode, OpDef, Param, ParamType, ProcedureDef,
@@ -26,6 +25,7 @@ use super::{
 };
 use crate::db::{self, OpOutput};
 use crate::error::ApiError;
+use crate::statement::params::{BoundParam, Plaintext};
 
 /// Operation: insert a user; `password` is a [`ParamType::NewPassword`] (stored as Argon2id).
 pub const CREATE_USER: &str = "accounts.create_user";

@@ -249,7 +249,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::ops::{DEFAULT_STATEMENT_TIMEOUT_MS, Expect, Mode, Param};
+    use crate::statement::{DEFAULT_STATEMENT_TIMEOUT_MS, Expect, Mode, Param};
 
     static EVERY_TYPE: OpDef = OpDef {
         name: "test.every_type",
