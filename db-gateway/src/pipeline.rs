@@ -342,7 +342,7 @@ impl Inner {
                     let _ = shared.statements[index].set(prepared);
                 }
                 Err(error) => {
-                    tracing::debug!(op = op.name, %error, "statement not prepared yet; preparing on first use");
+                    tracing::debug!(op = op.name(), %error, "statement not prepared yet; preparing on first use");
                 }
             }
         }
