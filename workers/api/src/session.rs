@@ -17,7 +17,17 @@ use worker::{Env, Request};
 use crate::ctx::RequestCtx;
 use crate::error::ApiError;
 use crate::gateway::GatewayError;
-use crate::routes::Access;
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone.
+    Public,
+    /// A signed-in user (a valid, unrevoked session token).
+    User,
+    /// A signed-in user whose role is `admin` (checked against the database).
+    Admin,
+}
 
 /// A verified caller.
 #[derive(Debug, Clone)]

@@ -55,7 +55,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest as _, Sha256};
 use worker::{Method, ObjectNamespace, Response};
 
-use super::{Access, Call, RouteDef, Service, json_response, random_16};
+use super::{Access, RouteDef, RouteRequest, Service, json_response, random_16};
 use crate::ctx::{RequestCtx, read_json};
 use crate::error::ApiError;
 use crate::gateway::GatewayError;
@@ -106,13 +106,13 @@ pub(super) const ROUTES: &[RouteDef] = &[
     ),
 ];
 
-pub(super) async fn handle(route: &RouteDef, call: Call) -> Result<Response, ApiError> {
+pub(super) async fn handle(route: &RouteDef, request: RouteRequest) -> Result<Response, ApiError> {
     match route.name {
-        REGISTER => register(call).await,
-        LOGIN => login(call).await,
-        LOGOUT => logout(call).await,
-        GET_ME => me(call).await,
-        ADMIN_SET_USER_ROLE => set_user_role(call).await,
+        REGISTER => register(request).await,
+        LOGIN => login(request).await,
+        LOGOUT => logout(request).await,
+        GET_ME => me(request).await,
+        ADMIN_SET_USER_ROLE => set_user_role(request).await,
         _ => Err(ApiError::not_found()),
     }
 }
@@ -219,10 +219,10 @@ fn registration_ops(user_id: &str, account: &NewAccount, ip: &str) -> Vec<OpCall
     ]
 }
 
-async fn register(mut call: Call) -> Result<Response, ApiError> {
-    let body: RegisterBody = read_json(&mut call.req).await?;
+async fn register(mut request: RouteRequest) -> Result<Response, ApiError> {
+    let body: RegisterBody = read_json(&mut request.req).await?;
     let account = validate_registration(body).map_err(validation_failed)?;
-    let ctx = &call.ctx;
+    let ctx = &request.ctx;
     let limiter = limiter_namespace(ctx)?;
     let ip_key = format!("register-ip:{}", ctx.client_ip);
     let policy = RateLimitPolicy::REGISTRATIONS_PER_IP;
@@ -331,10 +331,10 @@ fn login_policies(window_override: Option<&str>) -> (RateLimitPolicy, RateLimitP
     (per_ip, per_account)
 }
 
-async fn login(mut call: Call) -> Result<Response, ApiError> {
-    let body: LoginBody = read_json(&mut call.req).await?;
+async fn login(mut request: RouteRequest) -> Result<Response, ApiError> {
+    let body: LoginBody = read_json(&mut request.req).await?;
     let credentials = login_credentials(body).map_err(validation_failed)?;
-    let ctx = &call.ctx;
+    let ctx = &request.ctx;
     let limiter = limiter_namespace(ctx)?;
     let override_var = ctx
         .env
@@ -400,23 +400,23 @@ fn invalid_credentials() -> ApiError {
 // Logout and me
 // ---------------------------------------------------------------------------------------------
 
-async fn logout(call: Call) -> Result<Response, ApiError> {
-    let session = call.session()?;
+async fn logout(request: RouteRequest) -> Result<Response, ApiError> {
+    let session = request.session()?;
     let ops = vec![
         OpCall::new("accounts.revoke_token")
             .param("jti", session.claims.jti.as_str())
             .param("user_id", session.user_id())
             .param("expires_at_unix", session.expires_at),
-        audit_op("logout", Some(session.user_id()), &call.ctx.client_ip),
+        audit_op("logout", Some(session.user_id()), &request.ctx.client_ip),
     ];
-    authed_batch(&call.ctx, session, ops).await?;
+    authed_batch(&request.ctx, session, ops).await?;
     Ok(Response::empty()?.with_status(204))
 }
 
-async fn me(call: Call) -> Result<Response, ApiError> {
-    let session = call.session()?;
+async fn me(request: RouteRequest) -> Result<Response, ApiError> {
+    let session = request.session()?;
     let result = authed_call(
-        &call.ctx,
+        &request.ctx,
         session,
         OpCall::new("accounts.get_user").param("user_id", session.user_id()),
     )
@@ -466,14 +466,14 @@ fn is_plausible_user_id(id: &str) -> bool {
     (1..=MAX_USER_ID_LEN).contains(&id.len()) && !id.chars().any(char::is_control)
 }
 
-async fn set_user_role(mut call: Call) -> Result<Response, ApiError> {
-    let target = call.params.get("id").to_owned();
+async fn set_user_role(mut request: RouteRequest) -> Result<Response, ApiError> {
+    let target = request.params.get("id").to_owned();
     if !is_plausible_user_id(&target) {
         return Err(user_not_found());
     }
-    let body: RoleBody = read_json(&mut call.req).await?;
+    let body: RoleBody = read_json(&mut request.req).await?;
     let role = parse_role(body).map_err(validation_failed)?;
-    let session = call.session()?;
+    let session = request.session()?;
     if target == session.user_id() {
         // An admin demoting themselves could leave no admin at all; another admin must do it.
         return Err(ApiError::new(
@@ -486,14 +486,16 @@ async fn set_user_role(mut call: Call) -> Result<Response, ApiError> {
         .param("user_id", target.as_str())
         .param("role", role.as_str())
         .param("actor_user_id", session.user_id())
-        .param("ip", call.ctx.client_ip.as_str());
-    let result = authed_call(&call.ctx, session, op).await.map_err(|error| {
-        if error.code == codes::PRECONDITION_FAILED {
-            user_not_found()
-        } else {
-            error
-        }
-    })?;
+        .param("ip", request.ctx.client_ip.as_str());
+    let result = authed_call(&request.ctx, session, op)
+        .await
+        .map_err(|error| {
+            if error.code == codes::PRECONDITION_FAILED {
+                user_not_found()
+            } else {
+                error
+            }
+        })?;
     let row = first_row(result)?;
     json_response(200, &json!({ "user": user_json(&row) }))
 }

@@ -65,7 +65,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use worker::{Method, Response};
 
-use super::{Access, Call, RouteDef, Service, json_response, random_16};
+use super::{Access, RouteDef, RouteRequest, Service, json_response, random_16};
 use crate::ctx::read_json;
 use crate::error::ApiError;
 use crate::gateway::GatewayError;
@@ -123,14 +123,14 @@ pub(super) const ROUTES: &[RouteDef] = &[
     ),
 ];
 
-pub(super) async fn handle(route: &RouteDef, call: Call) -> Result<Response, ApiError> {
+pub(super) async fn handle(route: &RouteDef, request: RouteRequest) -> Result<Response, ApiError> {
     match route.name {
-        GET_CREDITS => get_credits(call).await,
-        LIST_TRANSACTIONS => list_transactions(call).await,
-        GET_BUDGET => get_budget(call).await,
-        PUT_BUDGET => put_budget(call).await,
-        STRIPE_WEBHOOK => stripe_webhook(call).await,
-        ADMIN_STATS => admin_stats(call).await,
+        GET_CREDITS => get_credits(request).await,
+        LIST_TRANSACTIONS => list_transactions(request).await,
+        GET_BUDGET => get_budget(request).await,
+        PUT_BUDGET => put_budget(request).await,
+        STRIPE_WEBHOOK => stripe_webhook(request).await,
+        ADMIN_STATS => admin_stats(request).await,
         _ => Err(ApiError::not_found()),
     }
 }
@@ -139,10 +139,10 @@ pub(super) async fn handle(route: &RouteDef, call: Call) -> Result<Response, Api
 // Credits
 // ---------------------------------------------------------------------------------------------
 
-async fn get_credits(call: Call) -> Result<Response, ApiError> {
-    let session = call.session()?;
+async fn get_credits(request: RouteRequest) -> Result<Response, ApiError> {
+    let session = request.session()?;
     let op = OpCall::new("credits.summary").param("user_id", session.user_id());
-    let result = authed_call(&call.ctx, session, op).await?;
+    let result = authed_call(&request.ctx, session, op).await?;
     json_response(200, &credits_body(first_row(&result)?)?)
 }
 
@@ -181,9 +181,9 @@ const DEFAULT_PAGE_SIZE: u32 = 20;
 /// Largest page a client may ask for.
 const MAX_PAGE_SIZE: u32 = 100;
 
-async fn list_transactions(call: Call) -> Result<Response, ApiError> {
-    let session = call.session()?;
-    let url = call.req.url()?;
+async fn list_transactions(request: RouteRequest) -> Result<Response, ApiError> {
+    let session = request.session()?;
+    let url = request.req.url()?;
     let query = TransactionsQuery::parse(url.query_pairs())?;
 
     let mut op = OpCall::new("credits.transactions")
@@ -195,7 +195,7 @@ async fn list_transactions(call: Call) -> Result<Response, ApiError> {
             .param("before_created_at", cursor.created_at.as_str())
             .param("before_id", cursor.id.as_str());
     }
-    let result = authed_call(&call.ctx, session, op).await?;
+    let result = authed_call(&request.ctx, session, op).await?;
     json_response(200, &transactions_body(result, query.limit)?)
 }
 
@@ -364,10 +364,10 @@ fn transactions_body(result: OpResult, limit: u32) -> Result<Value, ApiError> {
 // Budget
 // ---------------------------------------------------------------------------------------------
 
-async fn get_budget(call: Call) -> Result<Response, ApiError> {
-    let session = call.session()?;
+async fn get_budget(request: RouteRequest) -> Result<Response, ApiError> {
+    let session = request.session()?;
     let op = OpCall::new("budget.get").param("user_id", session.user_id());
-    let result = authed_call(&call.ctx, session, op).await?;
+    let result = authed_call(&request.ctx, session, op).await?;
     let body = match result.first() {
         Some(row) => budget_body(&budget_from_row(row)?, row.get("updated_at")),
         None => budget_body(&BudgetSettings::default(), None),
@@ -375,17 +375,17 @@ async fn get_budget(call: Call) -> Result<Response, ApiError> {
     json_response(200, &body)
 }
 
-async fn put_budget(mut call: Call) -> Result<Response, ApiError> {
-    let body: Map<String, Value> = read_json(&mut call.req).await?;
+async fn put_budget(mut request: RouteRequest) -> Result<Response, ApiError> {
+    let body: Map<String, Value> = read_json(&mut request.req).await?;
     let settings = budget_from_body(&body)?;
-    let session = call.session()?;
+    let session = request.session()?;
     let op = OpCall::new("budget.put")
         .param("user_id", session.user_id())
         .param("max_cost_per_call_cents", settings.max_cost_per_call_cents)
         .param("max_monthly_spend_cents", settings.max_monthly_spend_cents)
         .param("warn_at_percent", settings.warn_at_percent)
         .param("auto_cutoff", settings.auto_cutoff);
-    let result = authed_call(&call.ctx, session, op).await?;
+    let result = authed_call(&request.ctx, session, op).await?;
     let row = first_row(&result)?;
     json_response(
         200,
@@ -484,9 +484,9 @@ const MAX_WEBHOOK_BYTES: usize = 256 * 1024;
 /// Most credits one purchase may carry (metadata is configuration, so this bounds a mistake).
 const MAX_PURCHASE_CREDITS: u32 = 100_000;
 
-async fn stripe_webhook(mut call: Call) -> Result<Response, ApiError> {
-    let ctx = &call.ctx;
-    let header = call
+async fn stripe_webhook(mut request: RouteRequest) -> Result<Response, ApiError> {
+    let ctx = &request.ctx;
+    let header = request
         .req
         .headers()
         .get("stripe-signature")
@@ -508,7 +508,7 @@ async fn stripe_webhook(mut call: Call) -> Result<Response, ApiError> {
         return Err(misconfigured("STRIPE_WEBHOOK_SECRETS"));
     }
 
-    let declared = call
+    let declared = request
         .req
         .headers()
         .get("content-length")
@@ -519,7 +519,7 @@ async fn stripe_webhook(mut call: Call) -> Result<Response, ApiError> {
         return Err(webhook_too_large());
     }
     let body =
-        call.req.bytes().await.map_err(|_| {
+        request.req.bytes().await.map_err(|_| {
             ApiError::bad_request("invalid_body", "the request body could not be read")
         })?;
     if body.len() > MAX_WEBHOOK_BYTES {
@@ -988,8 +988,8 @@ const TOP_PERSONAS: u32 = 10;
 /// "Low credits" means fewer than this many (design document §13).
 const LOW_CREDIT_THRESHOLD: u32 = 10;
 
-async fn admin_stats(call: Call) -> Result<Response, ApiError> {
-    let session = call.session()?;
+async fn admin_stats(request: RouteRequest) -> Result<Response, ApiError> {
+    let session = request.session()?;
     let credit_tiers: Vec<&str> = Tier::ALL
         .into_iter()
         .filter(|tier| tier.limits().needs_credits)
@@ -1006,7 +1006,7 @@ async fn admin_stats(call: Call) -> Result<Response, ApiError> {
             .param("below", LOW_CREDIT_THRESHOLD)
             .param("tiers", credit_tiers.clone()),
     ];
-    let results = authed_batch(&call.ctx, session, ops).await?;
+    let results = authed_batch(&request.ctx, session, ops).await?;
     json_response(200, &admin_stats_body(&results, &credit_tiers)?)
 }
 

@@ -16,18 +16,8 @@ use worker::{Env, Method, Request, Response};
 
 use crate::ctx::RequestCtx;
 use crate::error::ApiError;
+pub use crate::session::Access;
 use crate::session::{self, Session};
-
-/// Who may call a route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// Anyone.
-    Public,
-    /// A signed-in user (a valid, unrevoked session token).
-    User,
-    /// A signed-in user whose role is `admin` (checked against the database).
-    Admin,
-}
 
 /// Which module handles a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,7 +134,7 @@ pub fn resolve(method: &Method, path: &str) -> Result<(&'static RouteDef, PathPa
 
 /// What a handler receives.
 #[derive(Debug)]
-pub struct Call {
+pub struct RouteRequest {
     pub ctx: RequestCtx,
     pub req: Request,
     pub params: PathParams,
@@ -152,7 +142,7 @@ pub struct Call {
     pub session: Option<Session>,
 }
 
-impl Call {
+impl RouteRequest {
     /// The session of an authenticated route (the dispatcher guarantees it for User/Admin routes).
     pub fn session(&self) -> Result<&Session, ApiError> {
         self.session.as_ref().ok_or_else(session::unauthorized)
@@ -181,18 +171,18 @@ async fn route(req: Request, ctx: RequestCtx) -> Result<Response, ApiError> {
         Access::Public => None,
         Access::User | Access::Admin => Some(session::authenticate(&ctx, &req, route.access)?),
     };
-    let call = Call {
+    let request = RouteRequest {
         ctx,
         req,
         params,
         session,
     };
     match route.service {
-        Service::Health => health::handle(route, call).await,
-        Service::Auth => auth::handle(route, call).await,
-        Service::Personas => personas::handle(route, call).await,
-        Service::Billing => billing::handle(route, call).await,
-        Service::Meta => meta::handle(route, call).await,
+        Service::Health => health::handle(route, request).await,
+        Service::Auth => auth::handle(route, request).await,
+        Service::Personas => personas::handle(route, request).await,
+        Service::Billing => billing::handle(route, request).await,
+        Service::Meta => meta::handle(route, request).await,
     }
 }
 

@@ -30,7 +30,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value, json};
 use worker::{Method, Response};
 
-use super::{Access, Call, RouteDef, Service, json_response, random_16};
+use super::{Access, RouteDef, RouteRequest, Service, json_response, random_16};
 use crate::ctx::read_json;
 use crate::error::ApiError;
 use crate::session::authed_call;
@@ -143,21 +143,21 @@ pub(super) const ROUTES: &[RouteDef] = &[
     ),
 ];
 
-pub(super) async fn handle(route: &RouteDef, call: Call) -> Result<Response, ApiError> {
+pub(super) async fn handle(route: &RouteDef, request: RouteRequest) -> Result<Response, ApiError> {
     match route.name {
-        LIST_PERSONAS => list_personas(call).await,
-        GET_PERSONA => get_persona(call).await,
-        LIST_MY_PERSONAS => list_my_personas(call).await,
-        PUT_RELATIONSHIP => put_relationship(call).await,
-        LIST_TEMPLATES => list_templates(call).await,
-        ADMIN_LIST_PERSONAS => admin_list(call, "personas.admin_list", "personas").await,
-        ADMIN_CREATE_PERSONA => admin_create_persona(call).await,
-        ADMIN_UPDATE_PERSONA => admin_update_persona(call).await,
-        ADMIN_DEACTIVATE_PERSONA => admin_deactivate(call, Catalogue::Persona).await,
-        ADMIN_LIST_TEMPLATES => admin_list(call, "templates.admin_list", "templates").await,
-        ADMIN_CREATE_TEMPLATE => admin_create_template(call).await,
-        ADMIN_UPDATE_TEMPLATE => admin_update_template(call).await,
-        ADMIN_DEACTIVATE_TEMPLATE => admin_deactivate(call, Catalogue::Template).await,
+        LIST_PERSONAS => list_personas(request).await,
+        GET_PERSONA => get_persona(request).await,
+        LIST_MY_PERSONAS => list_my_personas(request).await,
+        PUT_RELATIONSHIP => put_relationship(request).await,
+        LIST_TEMPLATES => list_templates(request).await,
+        ADMIN_LIST_PERSONAS => admin_list(request, "personas.admin_list", "personas").await,
+        ADMIN_CREATE_PERSONA => admin_create_persona(request).await,
+        ADMIN_UPDATE_PERSONA => admin_update_persona(request).await,
+        ADMIN_DEACTIVATE_PERSONA => admin_deactivate(request, Catalogue::Persona).await,
+        ADMIN_LIST_TEMPLATES => admin_list(request, "templates.admin_list", "templates").await,
+        ADMIN_CREATE_TEMPLATE => admin_create_template(request).await,
+        ADMIN_UPDATE_TEMPLATE => admin_update_template(request).await,
+        ADMIN_DEACTIVATE_TEMPLATE => admin_deactivate(request, Catalogue::Template).await,
         _ => Err(ApiError::not_found()),
     }
 }
@@ -189,8 +189,8 @@ const SORT_ORDER_RANGE: (i64, i64) = (-1_000_000, 1_000_000);
 // Public catalogue
 // ---------------------------------------------------------------------------------------------
 
-async fn list_personas(call: Call) -> Result<Response, ApiError> {
-    let result = call
+async fn list_personas(request: RouteRequest) -> Result<Response, ApiError> {
+    let result = request
         .ctx
         .gateway()?
         .call(&OpCall::new("personas.list_active"))
@@ -198,13 +198,13 @@ async fn list_personas(call: Call) -> Result<Response, ApiError> {
     json_response(200, &json!({ "personas": rows_as_values(result) }))
 }
 
-async fn get_persona(call: Call) -> Result<Response, ApiError> {
-    let id = call.params.get("id");
+async fn get_persona(request: RouteRequest) -> Result<Response, ApiError> {
+    let id = request.params.get("id");
     if !is_slug(id) {
         return Err(persona_not_found());
     }
     let op = OpCall::new("personas.get_active").param("id", id);
-    let result = call
+    let result = request
         .ctx
         .gateway()?
         .call(&op)
@@ -221,8 +221,8 @@ async fn get_persona(call: Call) -> Result<Response, ApiError> {
     json_response(200, &json!({ "persona": persona }))
 }
 
-async fn list_templates(call: Call) -> Result<Response, ApiError> {
-    let result = call
+async fn list_templates(request: RouteRequest) -> Result<Response, ApiError> {
+    let result = request
         .ctx
         .gateway()?
         .call(&OpCall::new("templates.list_active"))
@@ -237,9 +237,9 @@ async fn list_templates(call: Call) -> Result<Response, ApiError> {
 /// `GET /api/me/personas?favorite=true&archived=true`: `favorite=true` lists favourites only;
 /// `archived=true` also lists archived relationships (hidden by default). `false` is the same as
 /// leaving the parameter out. Other query parameters are ignored.
-async fn list_my_personas(call: Call) -> Result<Response, ApiError> {
-    let session = call.session()?;
-    let url = call.req.url()?;
+async fn list_my_personas(request: RouteRequest) -> Result<Response, ApiError> {
+    let session = request.session()?;
+    let url = request.req.url()?;
     let mut errors = FieldErrors::new();
     let mut favorites_only = false;
     let mut include_archived = false;
@@ -260,7 +260,7 @@ async fn list_my_personas(call: Call) -> Result<Response, ApiError> {
         .param("user_id", session.user_id())
         .param("favorites_only", favorites_only)
         .param("include_archived", include_archived);
-    let result = authed_call(&call.ctx, session, op).await?;
+    let result = authed_call(&request.ctx, session, op).await?;
     let relationships = result
         .rows
         .iter()
@@ -325,26 +325,28 @@ fn relationship_patch_params(
     Ok(patch.into_params(true))
 }
 
-async fn put_relationship(mut call: Call) -> Result<Response, ApiError> {
-    let persona_id = call.params.get("id").to_owned();
-    let body: RelationshipPatchBody = read_json(&mut call.req).await?;
+async fn put_relationship(mut request: RouteRequest) -> Result<Response, ApiError> {
+    let persona_id = request.params.get("id").to_owned();
+    let body: RelationshipPatchBody = read_json(&mut request.req).await?;
     if !is_slug(&persona_id) {
         return Err(persona_not_found());
     }
     let params = relationship_patch_params(body).map_err(validation_failed)?;
-    let session = call.session()?;
+    let session = request.session()?;
     let mut op = OpCall::new("relationships.upsert")
         .param("id", new_id(prefix::PERSONA_RELATIONSHIP, random_16()?))
         .param("user_id", session.user_id())
         .param("persona_id", persona_id);
     op.params.extend(params);
-    let result = authed_call(&call.ctx, session, op).await.map_err(|error| {
-        if is_precondition_failed(&error) {
-            persona_not_found()
-        } else {
-            error
-        }
-    })?;
+    let result = authed_call(&request.ctx, session, op)
+        .await
+        .map_err(|error| {
+            if is_precondition_failed(&error) {
+                persona_not_found()
+            } else {
+                error
+            }
+        })?;
     let row = result.first().ok_or_else(ApiError::internal)?;
     json_response(200, &json!({ "relationship": relationship_json(row)? }))
 }
@@ -516,27 +518,27 @@ fn persona_params(body: PersonaBody, intent: Intent) -> Result<Map<String, Value
     Ok(patch.into_params(intent == Intent::Update))
 }
 
-async fn admin_create_persona(mut call: Call) -> Result<Response, ApiError> {
-    let body: PersonaBody = read_json(&mut call.req).await?;
+async fn admin_create_persona(mut request: RouteRequest) -> Result<Response, ApiError> {
+    let body: PersonaBody = read_json(&mut request.req).await?;
     let params = persona_params(body, Intent::Create).map_err(validation_failed)?;
     let mut op = OpCall::new("personas.admin_create");
     op.params.extend(params);
-    let result = authed_call(&call.ctx, call.session()?, op)
+    let result = authed_call(&request.ctx, request.session()?, op)
         .await
         .map_err(|error| refine_conflict(error, "a persona with this id already exists"))?;
     json_response(201, &json!({ "persona": single_row(result)? }))
 }
 
-async fn admin_update_persona(mut call: Call) -> Result<Response, ApiError> {
-    let id = call.params.get("id").to_owned();
-    let body: PersonaBody = read_json(&mut call.req).await?;
+async fn admin_update_persona(mut request: RouteRequest) -> Result<Response, ApiError> {
+    let id = request.params.get("id").to_owned();
+    let body: PersonaBody = read_json(&mut request.req).await?;
     if !is_slug(&id) {
         return Err(persona_not_found());
     }
     let params = persona_params(body, Intent::Update).map_err(validation_failed)?;
     let mut op = OpCall::new("personas.admin_update").param("id", id);
     op.params.extend(params);
-    let result = authed_call(&call.ctx, call.session()?, op)
+    let result = authed_call(&request.ctx, request.session()?, op)
         .await
         .map_err(|error| {
             if is_precondition_failed(&error) {
@@ -652,12 +654,12 @@ fn template_params(body: TemplateBody, intent: Intent) -> Result<Map<String, Val
     Ok(patch.into_params(intent == Intent::Update))
 }
 
-async fn admin_create_template(mut call: Call) -> Result<Response, ApiError> {
-    let body: TemplateBody = read_json(&mut call.req).await?;
+async fn admin_create_template(mut request: RouteRequest) -> Result<Response, ApiError> {
+    let body: TemplateBody = read_json(&mut request.req).await?;
     let params = template_params(body, Intent::Create).map_err(validation_failed)?;
     let mut op = OpCall::new("templates.admin_create");
     op.params.extend(params);
-    let result = authed_call(&call.ctx, call.session()?, op)
+    let result = authed_call(&request.ctx, request.session()?, op)
         .await
         .map_err(|error| {
             refine_unknown_persona(refine_conflict(
@@ -668,16 +670,16 @@ async fn admin_create_template(mut call: Call) -> Result<Response, ApiError> {
     json_response(201, &json!({ "template": single_row(result)? }))
 }
 
-async fn admin_update_template(mut call: Call) -> Result<Response, ApiError> {
-    let id = call.params.get("id").to_owned();
-    let body: TemplateBody = read_json(&mut call.req).await?;
+async fn admin_update_template(mut request: RouteRequest) -> Result<Response, ApiError> {
+    let id = request.params.get("id").to_owned();
+    let body: TemplateBody = read_json(&mut request.req).await?;
     if !is_slug(&id) {
         return Err(template_not_found());
     }
     let params = template_params(body, Intent::Update).map_err(validation_failed)?;
     let mut op = OpCall::new("templates.admin_update").param("id", id);
     op.params.extend(params);
-    let result = authed_call(&call.ctx, call.session()?, op)
+    let result = authed_call(&request.ctx, request.session()?, op)
         .await
         .map_err(|error| {
             if is_precondition_failed(&error) {
@@ -702,8 +704,8 @@ enum Catalogue {
     Template,
 }
 
-async fn admin_list(call: Call, op: &str, key: &str) -> Result<Response, ApiError> {
-    let result = authed_call(&call.ctx, call.session()?, OpCall::new(op)).await?;
+async fn admin_list(request: RouteRequest, op: &str, key: &str) -> Result<Response, ApiError> {
+    let result = authed_call(&request.ctx, request.session()?, OpCall::new(op)).await?;
     let mut body = Map::new();
     body.insert(key.to_owned(), Value::Array(rows_as_values(result)));
     json_response(200, &Value::Object(body))
@@ -711,8 +713,11 @@ async fn admin_list(call: Call, op: &str, key: &str) -> Result<Response, ApiErro
 
 /// `DELETE` retires the item (`is_active = false`): calls keep referring to it, and an admin can
 /// bring it back with `PUT {"is_active": true}`. Repeating it answers 204 again.
-async fn admin_deactivate(call: Call, catalogue: Catalogue) -> Result<Response, ApiError> {
-    let id = call.params.get("id");
+async fn admin_deactivate(
+    request: RouteRequest,
+    catalogue: Catalogue,
+) -> Result<Response, ApiError> {
+    let id = request.params.get("id");
     let (op, not_found): (&str, fn() -> ApiError) = match catalogue {
         Catalogue::Persona => ("personas.admin_deactivate", persona_not_found),
         Catalogue::Template => ("templates.admin_deactivate", template_not_found),
@@ -720,15 +725,19 @@ async fn admin_deactivate(call: Call, catalogue: Catalogue) -> Result<Response, 
     if !is_slug(id) {
         return Err(not_found());
     }
-    authed_call(&call.ctx, call.session()?, OpCall::new(op).param("id", id))
-        .await
-        .map_err(|error| {
-            if is_precondition_failed(&error) {
-                not_found()
-            } else {
-                error
-            }
-        })?;
+    authed_call(
+        &request.ctx,
+        request.session()?,
+        OpCall::new(op).param("id", id),
+    )
+    .await
+    .map_err(|error| {
+        if is_precondition_failed(&error) {
+            not_found()
+        } else {
+            error
+        }
+    })?;
     Ok(Response::empty()?.with_status(204))
 }
 
