@@ -1,9 +1,11 @@
 //! Per-request context: bindings, request id, client address, and helpers every handler needs.
 
+use std::rc::Rc;
+
 use serde::de::DeserializeOwned;
 use worker::{Env, Request};
 
-use crate::config::GatewayConfig;
+use crate::config::Config;
 use crate::error::ApiError;
 use crate::gateway::Gateway;
 
@@ -13,6 +15,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct RequestCtx {
     pub env: Env,
+    /// The isolate's configuration (read once, shared by every request).
+    pub config: Rc<Config>,
     pub request_id: String,
     /// The client's address as Cloudflare reports it (`CF-Connecting-IP`), for rate limits and
     /// the audit log. Locally wrangler sets it to the loopback address.
@@ -29,6 +33,7 @@ impl RequestCtx {
             .filter(|ip| ip.len() <= 64)
             .unwrap_or_else(|| "unknown".to_owned());
         Self {
+            config: Config::get(&env),
             env,
             request_id,
             client_ip,
@@ -38,7 +43,7 @@ impl RequestCtx {
     /// A gateway client for this request.
     pub fn gateway(&self) -> Result<Gateway, ApiError> {
         Ok(Gateway::new(
-            GatewayConfig::from_env(&self.env)?,
+            self.config.gateway.get()?,
             self.request_id.clone(),
         ))
     }

@@ -8,6 +8,7 @@ use callmeback_gateway_api::codes;
 use serde_json::{Map, Value, json};
 use worker::Response;
 
+use crate::config::ConfigError;
 use crate::gateway::GatewayError;
 
 /// A failure with its HTTP status and stable code.
@@ -120,6 +121,15 @@ impl From<worker::Error> for ApiError {
     fn from(err: worker::Error) -> Self {
         worker::console_error!("worker runtime error: {err}");
         Self::internal()
+    }
+}
+
+/// A deploy mistake: logged with the binding's name (never its value), answered 500
+/// `misconfigured` without details.
+impl From<ConfigError> for ApiError {
+    fn from(err: ConfigError) -> Self {
+        worker::console_error!("{err}");
+        Self::new(500, err.code(), "the service is misconfigured")
     }
 }
 

@@ -8,7 +8,7 @@
 //! - [`routes`]: the route table and handlers;
 //! - [`gateway`]: signed, time-bounded calls to db-gateway;
 //! - [`rate_limiter`]: the `RateLimiter` Durable Object (login attempt limits);
-//! - [`config`]: bindings (vars and secrets);
+//! - [`config`]: the typed [`config::Config`] (vars and secrets), read once per isolate;
 //! - [`error`]: the one error type of the HTTP boundary.
 
 pub mod config;

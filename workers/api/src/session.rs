@@ -7,12 +7,9 @@
 //! token is therefore refused on its very next request, and the check costs no round trip of its
 //! own; if it fails, the batch rolls back and nothing else ran.
 
-use std::cell::RefCell;
-use std::rc::Rc;
-
-use callmeback_auth::{Keyring, Role, SessionClaims};
+use callmeback_auth::{Role, SessionClaims};
 use callmeback_gateway_api::{OpCall, OpResult, codes};
-use worker::{Env, Request};
+use worker::Request;
 
 use crate::ctx::RequestCtx;
 use crate::error::ApiError;
@@ -69,38 +66,6 @@ pub fn forbidden() -> ApiError {
     ApiError::new(403, "forbidden", "this route needs the admin role")
 }
 
-/// The JWT keyring from the `JWT_SIGNING_KEYS` secret (`kid:base64,kid:base64`; first one signs).
-///
-/// Parsed once per isolate and reused while the secret is unchanged: every authenticated request
-/// needs it, and decoding keys per request would be wasted CPU on the hot path.
-pub fn keyring(env: &Env) -> Result<Rc<Keyring>, ApiError> {
-    thread_local! {
-        static CACHE: RefCell<Option<(String, Rc<Keyring>)>> = const { RefCell::new(None) };
-    }
-    let spec = env
-        .secret("JWT_SIGNING_KEYS")
-        .map(|s| s.to_string())
-        .map_err(|_| misconfigured())?;
-    if let Some(cached) = CACHE.with_borrow(|cache| {
-        cache
-            .as_ref()
-            .filter(|(cached_spec, _)| *cached_spec == spec)
-            .map(|(_, ring)| Rc::clone(ring))
-    }) {
-        return Ok(cached);
-    }
-    let ring = Rc::new(Keyring::parse(&spec).map_err(|e| {
-        worker::console_error!("JWT_SIGNING_KEYS is invalid: {e}");
-        misconfigured()
-    })?);
-    CACHE.with_borrow_mut(|cache| *cache = Some((spec, Rc::clone(&ring))));
-    Ok(ring)
-}
-
-fn misconfigured() -> ApiError {
-    ApiError::new(500, "misconfigured", "the service is misconfigured")
-}
-
 /// Verifies the bearer token of a request for a route with the given access level.
 pub fn authenticate(ctx: &RequestCtx, req: &Request, access: Access) -> Result<Session, ApiError> {
     let header = req
@@ -113,7 +78,11 @@ pub fn authenticate(ctx: &RequestCtx, req: &Request, access: Access) -> Result<S
         .strip_prefix("Bearer ")
         .ok_or_else(unauthorized)?
         .trim();
-    let verified = keyring(&ctx.env)?
+    // The keyring is parsed once per isolate (see `crate::config`), not per request.
+    let verified = ctx
+        .config
+        .jwt
+        .get()?
         .verify(token, ctx.now_secs())
         .map_err(|reason| {
             worker::console_log!(

@@ -60,7 +60,7 @@ use crate::ctx::{RequestCtx, read_json};
 use crate::error::ApiError;
 use crate::gateway::GatewayError;
 use crate::rate_limiter::{self, Action};
-use crate::session::{self, authed_batch, authed_call};
+use crate::session::{authed_batch, authed_call};
 
 const REGISTER: &str = "register";
 const LOGIN: &str = "login";
@@ -119,9 +119,6 @@ pub(super) async fn handle(route: &RouteDef, request: RouteRequest) -> Result<Re
 
 /// Longest password the gateway accepts (bytes); anything longer cannot be anyone's password.
 const MAX_PASSWORD_BYTES: usize = 1024;
-/// Bounds for `LOGIN_FAILURE_WINDOW_SECS`.
-const MIN_WINDOW_SECS: u64 = 1;
-const MAX_WINDOW_SECS: u64 = 24 * 3600;
 /// Longest user id accepted from a path (the column's own limit).
 const MAX_USER_ID_LEN: usize = 255;
 
@@ -317,31 +314,13 @@ fn ip_limiter_key(ip: &str) -> String {
     format!("login-ip:{ip}")
 }
 
-/// The two login policies, with the window from `LOGIN_FAILURE_WINDOW_SECS` when it is set.
-fn login_policies(window_override: Option<&str>) -> (RateLimitPolicy, RateLimitPolicy) {
-    let mut per_ip = RateLimitPolicy::LOGIN_FAILURES_PER_IP;
-    let mut per_account = RateLimitPolicy::LOGIN_FAILURES_PER_ACCOUNT;
-    if let Some(window) = window_override
-        .and_then(|text| text.trim().parse::<u64>().ok())
-        .filter(|secs| (MIN_WINDOW_SECS..=MAX_WINDOW_SECS).contains(secs))
-    {
-        per_ip.window_secs = window;
-        per_account.window_secs = window;
-    }
-    (per_ip, per_account)
-}
-
 async fn login(mut request: RouteRequest) -> Result<Response, ApiError> {
     let body: LoginBody = read_json(&mut request.req).await?;
     let credentials = login_credentials(body).map_err(validation_failed)?;
     let ctx = &request.ctx;
     let limiter = limiter_namespace(ctx)?;
-    let override_var = ctx
-        .env
-        .var("LOGIN_FAILURE_WINDOW_SECS")
-        .ok()
-        .map(|var| var.to_string());
-    let (ip_policy, account_policy) = login_policies(override_var.as_deref());
+    let ip_policy = ctx.config.login.per_ip;
+    let account_policy = ctx.config.login.per_account;
     let ip_key = ip_limiter_key(&ctx.client_ip);
     let account_key = account_limiter_key(&credentials.email);
 
@@ -558,7 +537,7 @@ fn session_response(
         role,
     };
     let now = ctx.now_secs();
-    let token = session::keyring(&ctx.env)?.issue(&claims, now);
+    let token = ctx.config.jwt.get()?.issue(&claims, now);
     json_response(
         status,
         &json!({
@@ -772,19 +751,6 @@ mod tests {
         assert_eq!(key.len(), "login-account:".len() + 64);
         assert_eq!(key, account_limiter_key("ada@example.com"));
         assert_ne!(key, account_limiter_key("bob@example.com"));
-    }
-
-    #[test]
-    fn the_window_override_is_bounded() {
-        let default = login_policies(None);
-        assert_eq!(default.0, RateLimitPolicy::LOGIN_FAILURES_PER_IP);
-        assert_eq!(default.1, RateLimitPolicy::LOGIN_FAILURES_PER_ACCOUNT);
-        let short = login_policies(Some("3"));
-        assert_eq!((short.0.window_secs, short.1.window_secs), (3, 3));
-        assert_eq!(short.0.max_events, 10);
-        for bad in ["0", "-1", "abc", "86401"] {
-            assert_eq!(login_policies(Some(bad)), default, "{bad}");
-        }
     }
 
     #[test]

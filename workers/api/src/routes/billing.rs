@@ -493,20 +493,7 @@ async fn stripe_webhook(mut request: RouteRequest) -> Result<Response, ApiError>
         .ok()
         .flatten()
         .ok_or_else(invalid_signature)?;
-    let configured = ctx
-        .env
-        .secret("STRIPE_WEBHOOK_SECRETS")
-        .map(|secret| secret.to_string())
-        .map_err(|_| misconfigured("STRIPE_WEBHOOK_SECRETS"))?;
-    let secrets: Vec<&[u8]> = configured
-        .split(',')
-        .map(str::trim)
-        .filter(|secret| !secret.is_empty())
-        .map(str::as_bytes)
-        .collect();
-    if secrets.is_empty() {
-        return Err(misconfigured("STRIPE_WEBHOOK_SECRETS"));
-    }
+    let secrets = ctx.config.stripe.get()?.webhook_secrets();
 
     let declared = request
         .req
@@ -968,11 +955,6 @@ fn webhook_too_large() -> ApiError {
         "payload_too_large",
         format!("the body is larger than {MAX_WEBHOOK_BYTES} bytes"),
     )
-}
-
-fn misconfigured(binding: &str) -> ApiError {
-    worker::console_error!("configuration binding {binding} is missing or invalid");
-    ApiError::new(500, "misconfigured", "the service is misconfigured")
 }
 
 // ---------------------------------------------------------------------------------------------

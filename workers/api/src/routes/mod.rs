@@ -12,6 +12,8 @@ mod health;
 mod meta;
 mod personas;
 
+use std::rc::Rc;
+
 use worker::{Env, Method, Request, Response};
 
 use crate::ctx::RequestCtx;
@@ -153,15 +155,18 @@ impl RouteRequest {
 pub async fn dispatch(req: Request, env: Env, request_id: String) -> Response {
     let ctx = RequestCtx::new(env, &req, request_id);
     let origin = req.headers().get("origin").ok().flatten();
-    let cors = crate::cors::CorsPolicy::from_env(&ctx.env);
+    let config = Rc::clone(&ctx.config);
     if req.method() == Method::Options {
-        return cors.preflight(origin.as_deref());
+        return config
+            .cors
+            .preflight(origin.as_deref())
+            .unwrap_or_else(|error| ApiError::from(error).into_response());
     }
     let response = match route(req, ctx).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     };
-    cors.apply(&response, origin.as_deref());
+    config.cors.apply(&response, origin.as_deref());
     response
 }
 
