@@ -48,9 +48,9 @@ impl RequestCtx {
         ))
     }
 
-    /// Unix time in seconds.
+    /// Unix time in seconds ([`crate::time::now_secs`]).
     pub fn now_secs(&self) -> i64 {
-        (js_sys::Date::now() / 1000.0) as i64
+        crate::time::now_secs()
     }
 }
 
@@ -73,23 +73,29 @@ pub async fn read_json<T: DeserializeOwned>(req: &mut Request) -> Result<T, ApiE
             "send the body as application/json",
         ));
     }
+    parse_json(&read_body(req, MAX_BODY_BYTES).await?)
+}
+
+/// Reads a body of at most `max_bytes`: 413 when the declared length or the body itself is
+/// larger, 400 `invalid_body` when it cannot be read.
+pub async fn read_body(req: &mut Request, max_bytes: usize) -> Result<Vec<u8>, ApiError> {
     let declared = req
         .headers()
         .get("content-length")
         .ok()
         .flatten()
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > MAX_BODY_BYTES) {
-        return Err(payload_too_large());
+    if declared.is_some_and(|len| len > max_bytes) {
+        return Err(payload_too_large(max_bytes));
     }
     let bytes = req
         .bytes()
         .await
         .map_err(|_| ApiError::bad_request("invalid_body", "the request body could not be read"))?;
-    if bytes.len() > MAX_BODY_BYTES {
-        return Err(payload_too_large());
+    if bytes.len() > max_bytes {
+        return Err(payload_too_large(max_bytes));
     }
-    parse_json(&bytes)
+    Ok(bytes)
 }
 
 /// Parses JSON bytes with the API's error codes (split out so it is testable natively).
@@ -107,11 +113,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-fn payload_too_large() -> ApiError {
+fn payload_too_large(max_bytes: usize) -> ApiError {
     ApiError::new(
         413,
         "payload_too_large",
-        format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+        format!("the body is larger than {max_bytes} bytes"),
     )
 }
 

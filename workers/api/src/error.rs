@@ -4,6 +4,7 @@
 //! `{"error": {"code", "message", "fields"?, ...}}` with a stable `code`. Frontends branch on the
 //! code; the message is for people. Nothing internal (SQL, gateway bodies, stack traces) leaks.
 
+use callmeback_domain::FieldErrors;
 use callmeback_gateway_api::codes;
 use serde_json::{Map, Value, json};
 use worker::Response;
@@ -58,6 +59,12 @@ impl ApiError {
         Self::new(503, "dependency_unavailable", message)
             .with_extra("dependency", json!(dependency))
             .with_retry_after(1)
+    }
+
+    /// 400 `validation_failed` with every invalid field under `fields`.
+    pub fn validation_failed(errors: FieldErrors) -> Self {
+        let fields = serde_json::to_value(&errors).unwrap_or(Value::Null);
+        Self::bad_request("validation_failed", "some fields are invalid").with_fields(fields)
     }
 
     /// Something failed that the caller cannot fix; details only in the Worker's log.

@@ -81,7 +81,7 @@ impl Gateway {
     ) -> Result<R, GatewayError> {
         let body = serde_json::to_vec(body).map_err(|_| GatewayError::BadResponse(0))?;
         let url = format!("{}{path}", self.config.base_url);
-        let created = (js_sys::Date::now() / 1000.0) as i64;
+        let created = crate::time::now_secs();
         let nonce = random_nonce();
         let signed = callmeback_signing::sign_request(
             &self.config.key,

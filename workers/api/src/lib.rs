@@ -18,7 +18,9 @@ pub mod error;
 pub mod gateway;
 pub mod rate_limiter;
 pub mod routes;
+pub mod rows;
 pub mod session;
+pub mod time;
 
 use worker::{Context, Env, Request, Response, event};
 

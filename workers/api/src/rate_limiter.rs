@@ -64,7 +64,8 @@ impl DurableObject for RateLimiter {
             return Response::error("invalid policy", 400);
         }
         self.ensure_loaded().await?;
-        let now = now_secs();
+        // The Workers clock never reads before 1970.
+        let now = u64::try_from(crate::time::now_secs()).unwrap_or(0);
         // The borrow ends before any await below.
         let (decision, snapshot, expires_at) = {
             let mut slot = self.log.borrow_mut();
@@ -119,10 +120,6 @@ impl RateLimiter {
         }
         Ok(())
     }
-}
-
-fn now_secs() -> u64 {
-    (js_sys::Date::now() / 1000.0) as u64
 }
 
 /// Asks the limiter for `key` (from the Worker side).

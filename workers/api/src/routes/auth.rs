@@ -48,7 +48,7 @@ use callmeback_domain::{
     BudgetSettings, Decision, Email, FieldError, FieldErrors, Name, Password, PhoneE164,
     RateLimitPolicy, Tier, ValidationError, new_id,
 };
-use callmeback_gateway_api::{OpCall, OpResult, codes};
+use callmeback_gateway_api::{OpCall, codes};
 use futures_util::future::join;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -61,6 +61,7 @@ use crate::error::ApiError;
 use crate::gateway::GatewayError;
 use crate::rate_limiter::{self, Action};
 use crate::session::{authed_batch, authed_call};
+use crate::{rows, time};
 
 const REGISTER: &str = "register";
 const LOGIN: &str = "login";
@@ -218,7 +219,7 @@ fn registration_ops(user_id: &str, account: &NewAccount, ip: &str) -> Vec<OpCall
 
 async fn register(mut request: RouteRequest) -> Result<Response, ApiError> {
     let body: RegisterBody = read_json(&mut request.req).await?;
-    let account = validate_registration(body).map_err(validation_failed)?;
+    let account = validate_registration(body).map_err(ApiError::validation_failed)?;
     let ctx = &request.ctx;
     let limiter = limiter_namespace(ctx)?;
     let ip_key = format!("register-ip:{}", ctx.client_ip);
@@ -250,8 +251,8 @@ async fn register(mut request: RouteRequest) -> Result<Response, ApiError> {
     let user = results
         .into_iter()
         .next()
-        .and_then(|result| result.rows.into_iter().next())
-        .ok_or_else(missing_row)?;
+        .ok_or_else(ApiError::internal)
+        .and_then(rows::into_first_row)?;
     session_response(ctx, 201, &user)
 }
 
@@ -316,7 +317,7 @@ fn ip_limiter_key(ip: &str) -> String {
 
 async fn login(mut request: RouteRequest) -> Result<Response, ApiError> {
     let body: LoginBody = read_json(&mut request.req).await?;
-    let credentials = login_credentials(body).map_err(validation_failed)?;
+    let credentials = login_credentials(body).map_err(ApiError::validation_failed)?;
     let ctx = &request.ctx;
     let limiter = limiter_namespace(ctx)?;
     let ip_policy = ctx.config.login.per_ip;
@@ -367,7 +368,7 @@ async fn login(mut request: RouteRequest) -> Result<Response, ApiError> {
             ctx.request_id
         );
     }
-    let user = first_row(result)?;
+    let user = rows::into_first_row(result)?;
     session_response(ctx, 200, &user)
 }
 
@@ -400,7 +401,7 @@ async fn me(request: RouteRequest) -> Result<Response, ApiError> {
         OpCall::new("accounts.get_user").param("user_id", session.user_id()),
     )
     .await?;
-    let row = first_row(result)?;
+    let row = rows::into_first_row(result)?;
     json_response(
         200,
         &json!({
@@ -431,10 +432,7 @@ fn parse_role(body: RoleBody) -> Result<Role, FieldErrors> {
         Some(Ok(role)) => return Ok(role),
         Some(Err(_)) => errors.add(
             "role",
-            FieldError {
-                code: "invalid_choice".into(),
-                message: "must be one of: user, admin".to_owned(),
-            },
+            FieldError::new("invalid_choice", "must be one of: user, admin"),
         ),
         None => errors.add("role", ValidationError::Required),
     }
@@ -451,7 +449,7 @@ async fn set_user_role(mut request: RouteRequest) -> Result<Response, ApiError> 
         return Err(user_not_found());
     }
     let body: RoleBody = read_json(&mut request.req).await?;
-    let role = parse_role(body).map_err(validation_failed)?;
+    let role = parse_role(body).map_err(ApiError::validation_failed)?;
     let session = request.session()?;
     if target == session.user_id() {
         // An admin demoting themselves could leave no admin at all; another admin must do it.
@@ -475,7 +473,7 @@ async fn set_user_role(mut request: RouteRequest) -> Result<Response, ApiError> 
                 error
             }
         })?;
-    let row = first_row(result)?;
+    let row = rows::into_first_row(result)?;
     json_response(200, &json!({ "user": user_json(&row) }))
 }
 
@@ -520,12 +518,7 @@ fn session_response(
     status: u16,
     user: &Map<String, Value>,
 ) -> Result<Response, ApiError> {
-    let text = |field: &str| {
-        user.get(field)
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .ok_or_else(missing_row)
-    };
+    let text = |field: &str| rows::text(user, field).map(str::to_owned);
     let role = Role::from_str(&text("role")?).map_err(|_| {
         worker::console_error!("request {}: a user row has an unknown role", ctx.request_id);
         ApiError::internal()
@@ -543,17 +536,10 @@ fn session_response(
         &json!({
             "token": token,
             "token_type": "Bearer",
-            "expires_at": rfc3339_utc(now + TOKEN_TTL_SECS),
+            "expires_at": time::rfc3339_millis(now + TOKEN_TTL_SECS),
             "user": user_json(user),
         }),
     )
-}
-
-/// Unix seconds as an RFC 3339 UTC timestamp, like every other timestamp the API returns.
-fn rfc3339_utc(unix_secs: i64) -> String {
-    js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(unix_secs as f64 * 1000.0))
-        .to_iso_string()
-        .into()
 }
 
 fn limiter_namespace(ctx: &RequestCtx) -> Result<ObjectNamespace, ApiError> {
@@ -607,20 +593,6 @@ fn too_many_attempts(retry_after_secs: u64) -> ApiError {
         "too many attempts; wait before trying again",
     )
     .with_retry_after(u32::try_from(retry_after_secs).unwrap_or(u32::MAX))
-}
-
-fn validation_failed(errors: FieldErrors) -> ApiError {
-    let fields = serde_json::to_value(&errors).unwrap_or(Value::Null);
-    ApiError::bad_request("validation_failed", "some fields are invalid").with_fields(fields)
-}
-
-fn first_row(result: OpResult) -> Result<Map<String, Value>, ApiError> {
-    result.rows.into_iter().next().ok_or_else(missing_row)
-}
-
-fn missing_row() -> ApiError {
-    worker::console_error!("an accounts operation answered without the expected row");
-    ApiError::internal()
 }
 
 #[cfg(test)]

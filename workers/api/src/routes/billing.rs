@@ -66,10 +66,12 @@ use serde_json::{Map, Value, json};
 use worker::{Method, Response};
 
 use super::{Access, RouteDef, RouteRequest, Service, json_response, random_16};
-use crate::ctx::read_json;
+use crate::ctx::{read_body, read_json};
 use crate::error::ApiError;
 use crate::gateway::GatewayError;
+use crate::rows::{self, bad_row, first_row, int, optional_int, text};
 use crate::session::{authed_batch, authed_call};
+use crate::time::rfc3339_secs;
 
 const GET_CREDITS: &str = "getCredits";
 const LIST_TRANSACTIONS: &str = "listCreditTransactions";
@@ -231,7 +233,7 @@ impl TransactionsQuery {
                                     max: i64::from(MAX_PAGE_SIZE),
                                 },
                             );
-                            validation_failed(errors)
+                            ApiError::validation_failed(errors)
                         })?;
                 }
                 "cursor" => query.cursor = Some(Cursor::decode(&value)?),
@@ -300,22 +302,11 @@ fn is_gateway_timestamp(text: &str) -> bool {
     };
     let (year, month, day) = (number(0..4), number(5..7), number(8..10));
     let (hour, minute, second) = (number(11..13), number(14..16), number(17..19));
-    (1..=12).contains(&month)
-        && (1..=days_in_month(year, month)).contains(&day)
+    let year = i32::try_from(year).expect("invariant: four digits fit in i32");
+    chrono::NaiveDate::from_ymd_opt(year, month, day).is_some()
         && hour < 24
         && minute < 60
         && second < 60
-}
-
-fn days_in_month(year: u32, month: u32) -> u32 {
-    match month {
-        4 | 6 | 9 | 11 => 30,
-        2 if year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400)) => {
-            29
-        }
-        2 => 28,
-        _ => 31,
-    }
 }
 
 /// The public fields of a ledger row.
@@ -419,7 +410,7 @@ fn budget_from_body(body: &Map<String, Value>) -> Result<BudgetSettings, ApiErro
             None | Some(Value::Null) => errors.add(field, ValidationError::Required),
             Some(value) => match value.as_i64() {
                 Some(number) => *slot = number,
-                None => errors.add(field, field_error("invalid_type", "must be an integer")),
+                None => errors.add(field, FieldError::new("invalid_type", "must be an integer")),
             },
         }
     }
@@ -431,12 +422,12 @@ fn budget_from_body(body: &Map<String, Value>) -> Result<BudgetSettings, ApiErro
         Some(value) => value.as_bool().unwrap_or_else(|| {
             errors.add(
                 "auto_cutoff",
-                field_error("invalid_type", "must be true or false"),
+                FieldError::new("invalid_type", "must be true or false"),
             );
             false
         }),
     };
-    errors.into_result().map_err(validation_failed)?;
+    errors.into_result().map_err(ApiError::validation_failed)?;
     let [
         max_cost_per_call_cents,
         max_monthly_spend_cents,
@@ -448,7 +439,7 @@ fn budget_from_body(body: &Map<String, Value>) -> Result<BudgetSettings, ApiErro
         warn_at_percent,
         auto_cutoff,
     };
-    settings.validate().map_err(validation_failed)?;
+    settings.validate().map_err(ApiError::validation_failed)?;
     Ok(settings)
 }
 
@@ -495,23 +486,7 @@ async fn stripe_webhook(mut request: RouteRequest) -> Result<Response, ApiError>
         .ok_or_else(invalid_signature)?;
     let secrets = ctx.config.stripe.get()?.webhook_secrets();
 
-    let declared = request
-        .req
-        .headers()
-        .get("content-length")
-        .ok()
-        .flatten()
-        .and_then(|len| len.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > MAX_WEBHOOK_BYTES) {
-        return Err(webhook_too_large());
-    }
-    let body =
-        request.req.bytes().await.map_err(|_| {
-            ApiError::bad_request("invalid_body", "the request body could not be read")
-        })?;
-    if body.len() > MAX_WEBHOOK_BYTES {
-        return Err(webhook_too_large());
-    }
+    let body = read_body(&mut request.req, MAX_WEBHOOK_BYTES).await?;
 
     verify_stripe_signature(
         &header,
@@ -864,7 +839,7 @@ fn action_ops(event: &StripeEvent, action: &StripeAction, random: [u8; 16]) -> O
                     format!("{tier} subscription: {monthly} monthly credits"),
                 );
             if let Some((start, end)) = period
-                && let (Some(start), Some(end)) = (rfc3339_utc(*start), rfc3339_utc(*end))
+                && let (Some(start), Some(end)) = (rfc3339_secs(*start), rfc3339_secs(*end))
             {
                 op = op.param("period_start", start).param("period_end", end);
             }
@@ -886,7 +861,7 @@ fn action_ops(event: &StripeEvent, action: &StripeAction, random: [u8; 16]) -> O
                 .param("monthly_credits", limits.monthly_credits.unwrap_or(0))
                 .param("max_calls_per_day", limits.calls_per_day)
                 .param("max_call_seconds", limits.max_call_seconds)
-                .param("ended_at", ended_at.and_then(rfc3339_utc))
+                .param("ended_at", ended_at.and_then(rfc3339_secs))
         }
     };
     Some(vec![record, effect])
@@ -912,48 +887,10 @@ fn id_at(value: &Value, pointer: &str) -> Option<String> {
     id_text(value, pointer).or_else(|| id_text(value, &format!("{pointer}/id")))
 }
 
-/// Unix seconds as RFC 3339 UTC (`2026-11-22T10:00:00Z`), for years 1970..=9999.
-fn rfc3339_utc(unix_secs: i64) -> Option<String> {
-    if !(0..=253_402_300_799).contains(&unix_secs) {
-        return None;
-    }
-    let days = unix_secs / 86_400;
-    let secs_of_day = unix_secs % 86_400;
-    // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm, proleptic Gregorian).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let day_of_era = z - era * 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    Some(format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs_of_day / 3600,
-        secs_of_day % 3600 / 60,
-        secs_of_day % 60
-    ))
-}
-
 fn invalid_signature() -> ApiError {
     ApiError::bad_request(
         "invalid_signature",
         "the Stripe-Signature header is missing or does not match",
-    )
-}
-
-fn webhook_too_large() -> ApiError {
-    ApiError::new(
-        413,
-        "payload_too_large",
-        format!("the body is larger than {MAX_WEBHOOK_BYTES} bytes"),
     )
 }
 
@@ -1028,64 +965,15 @@ fn numbers_as_json(row: &Map<String, Value>) -> Value {
         .map(|(key, value)| {
             let is_money = key.ends_with("_cents");
             let value = match value {
-                Value::String(text) if !is_money => text
-                    .parse::<i64>()
+                Value::String(_) if !is_money => rows::int8(value)
                     .map(Value::from)
-                    .unwrap_or_else(|_| value.clone()),
+                    .unwrap_or_else(|| value.clone()),
                 _ => value.clone(),
             };
             (key.clone(), value)
         })
         .collect();
     Value::Object(converted)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Shared helpers
-// ---------------------------------------------------------------------------------------------
-
-fn first_row(result: &OpResult) -> Result<&Map<String, Value>, ApiError> {
-    result.first().ok_or_else(|| {
-        worker::console_error!("a single-row operation returned no row");
-        ApiError::internal()
-    })
-}
-
-/// An integer column: `int4` arrives as a number, `int8` as a digit string.
-fn int(row: &Map<String, Value>, field: &str) -> Result<i64, ApiError> {
-    optional_int(row, field)?.ok_or_else(|| bad_row(field))
-}
-
-fn optional_int(row: &Map<String, Value>, field: &str) -> Result<Option<i64>, ApiError> {
-    match row.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(number)) => number.as_i64().map(Some).ok_or_else(|| bad_row(field)),
-        Some(Value::String(text)) => text.parse().map(Some).map_err(|_| bad_row(field)),
-        Some(_) => Err(bad_row(field)),
-    }
-}
-
-fn text<'a>(row: &'a Map<String, Value>, field: &str) -> Result<&'a str, ApiError> {
-    row.get(field)
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad_row(field))
-}
-
-fn bad_row(field: &str) -> ApiError {
-    worker::console_error!("gateway row has an unexpected `{field}`");
-    ApiError::internal()
-}
-
-fn field_error(code: &'static str, message: &str) -> FieldError {
-    FieldError {
-        code: std::borrow::Cow::Borrowed(code),
-        message: message.to_owned(),
-    }
-}
-
-fn validation_failed(errors: FieldErrors) -> ApiError {
-    let fields = serde_json::to_value(&errors).unwrap_or(Value::Null);
-    ApiError::bad_request("validation_failed", "some fields are invalid").with_fields(fields)
 }
 
 #[cfg(test)]
@@ -1466,25 +1354,6 @@ mod tests {
         assert_eq!(ops[1].params["ended_at"], "2023-11-14T22:13:20Z");
 
         assert!(action_ops(&source, &ignore("x"), [7; 16]).is_none());
-    }
-
-    #[test]
-    fn unix_seconds_format_as_utc_dates() {
-        assert_eq!(rfc3339_utc(0).as_deref(), Some("1970-01-01T00:00:00Z"));
-        assert_eq!(
-            rfc3339_utc(951_782_400).as_deref(),
-            Some("2000-02-29T00:00:00Z")
-        );
-        assert_eq!(
-            rfc3339_utc(1_763_806_245).as_deref(),
-            Some("2025-11-22T10:10:45Z")
-        );
-        assert_eq!(
-            rfc3339_utc(253_402_300_799).as_deref(),
-            Some("9999-12-31T23:59:59Z")
-        );
-        assert_eq!(rfc3339_utc(-1), None);
-        assert_eq!(rfc3339_utc(253_402_300_800), None);
     }
 
     #[test]

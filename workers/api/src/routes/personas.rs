@@ -21,8 +21,6 @@
 //! `voice_settings`, …). Unknown top-level members are refused as `invalid_body`, like every body
 //! of the API.
 
-use std::borrow::Cow;
-
 use callmeback_domain::ids::{new_id, prefix};
 use callmeback_domain::{FieldError, FieldErrors, ValidationError, bounded_text};
 use callmeback_gateway_api::{OpCall, OpResult};
@@ -33,6 +31,7 @@ use worker::{Method, Response};
 use super::{Access, RouteDef, RouteRequest, Service, json_response, random_16};
 use crate::ctx::read_json;
 use crate::error::ApiError;
+use crate::rows;
 use crate::session::authed_call;
 
 const LIST_PERSONAS: &str = "listPersonas";
@@ -195,7 +194,7 @@ async fn list_personas(request: RouteRequest) -> Result<Response, ApiError> {
         .gateway()?
         .call(&OpCall::new("personas.list_active"))
         .await?;
-    json_response(200, &json!({ "personas": rows_as_values(result) }))
+    json_response(200, &json!({ "personas": rows::into_values(result) }))
 }
 
 async fn get_persona(request: RouteRequest) -> Result<Response, ApiError> {
@@ -227,7 +226,7 @@ async fn list_templates(request: RouteRequest) -> Result<Response, ApiError> {
         .gateway()?
         .call(&OpCall::new("templates.list_active"))
         .await?;
-    json_response(200, &json!({ "templates": rows_as_values(result) }))
+    json_response(200, &json!({ "templates": rows::into_values(result) }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -251,10 +250,13 @@ async fn list_my_personas(request: RouteRequest) -> Result<Response, ApiError> {
         };
         match parse_query_bool(&value) {
             Some(flag) => *target = flag,
-            None => errors.add(&key, field_error("invalid_type", "must be true or false")),
+            None => errors.add(
+                &key,
+                FieldError::new("invalid_type", "must be true or false"),
+            ),
         }
     }
-    errors.into_result().map_err(validation_failed)?;
+    errors.into_result().map_err(ApiError::validation_failed)?;
 
     let op = OpCall::new("relationships.list_for_user")
         .param("user_id", session.user_id())
@@ -331,7 +333,7 @@ async fn put_relationship(mut request: RouteRequest) -> Result<Response, ApiErro
     if !is_slug(&persona_id) {
         return Err(persona_not_found());
     }
-    let params = relationship_patch_params(body).map_err(validation_failed)?;
+    let params = relationship_patch_params(body).map_err(ApiError::validation_failed)?;
     let session = request.session()?;
     let mut op = OpCall::new("relationships.upsert")
         .param("id", new_id(prefix::PERSONA_RELATIONSHIP, random_16()?))
@@ -347,7 +349,7 @@ async fn put_relationship(mut request: RouteRequest) -> Result<Response, ApiErro
                 error
             }
         })?;
-    let row = result.first().ok_or_else(ApiError::internal)?;
+    let row = rows::first_row(&result)?;
     json_response(200, &json!({ "relationship": relationship_json(row)? }))
 }
 
@@ -370,17 +372,7 @@ fn relationship_json(row: &Map<String, Value>) -> Result<Value, ApiError> {
                 persona.insert(public_field.to_owned(), value.clone());
             }
             None if key == "total_duration_seconds" => {
-                let seconds = match value {
-                    Value::String(digits) => digits.parse::<i64>().ok(),
-                    other => other.as_i64(),
-                }
-                .ok_or_else(|| {
-                    worker::console_error!(
-                        "relationship row has a malformed total_duration_seconds"
-                    );
-                    ApiError::internal()
-                })?;
-                relationship.insert(key.clone(), json!(seconds));
+                relationship.insert(key.clone(), json!(rows::int(row, key)?));
             }
             None => {
                 relationship.insert(key.clone(), value.clone());
@@ -443,7 +435,7 @@ fn persona_params(body: PersonaBody, intent: Intent) -> Result<Map<String, Value
         (Intent::Update, Some(_)) => {
             errors.add(
                 "id",
-                field_error("read_only", "is the path of the persona and cannot change"),
+                FieldError::new("read_only", "is the path of the persona and cannot change"),
             );
         }
         (Intent::Update, None) => {}
@@ -520,7 +512,7 @@ fn persona_params(body: PersonaBody, intent: Intent) -> Result<Map<String, Value
 
 async fn admin_create_persona(mut request: RouteRequest) -> Result<Response, ApiError> {
     let body: PersonaBody = read_json(&mut request.req).await?;
-    let params = persona_params(body, Intent::Create).map_err(validation_failed)?;
+    let params = persona_params(body, Intent::Create).map_err(ApiError::validation_failed)?;
     let mut op = OpCall::new("personas.admin_create");
     op.params.extend(params);
     let result = authed_call(&request.ctx, request.session()?, op)
@@ -535,7 +527,7 @@ async fn admin_update_persona(mut request: RouteRequest) -> Result<Response, Api
     if !is_slug(&id) {
         return Err(persona_not_found());
     }
-    let params = persona_params(body, Intent::Update).map_err(validation_failed)?;
+    let params = persona_params(body, Intent::Update).map_err(ApiError::validation_failed)?;
     let mut op = OpCall::new("personas.admin_update").param("id", id);
     op.params.extend(params);
     let result = authed_call(&request.ctx, request.session()?, op)
@@ -591,7 +583,7 @@ fn template_params(body: TemplateBody, intent: Intent) -> Result<Map<String, Val
         (Intent::Update, Some(_)) => {
             errors.add(
                 "id",
-                field_error("read_only", "is the path of the template and cannot change"),
+                FieldError::new("read_only", "is the path of the template and cannot change"),
             );
         }
         (Intent::Update, None) => {}
@@ -656,7 +648,7 @@ fn template_params(body: TemplateBody, intent: Intent) -> Result<Map<String, Val
 
 async fn admin_create_template(mut request: RouteRequest) -> Result<Response, ApiError> {
     let body: TemplateBody = read_json(&mut request.req).await?;
-    let params = template_params(body, Intent::Create).map_err(validation_failed)?;
+    let params = template_params(body, Intent::Create).map_err(ApiError::validation_failed)?;
     let mut op = OpCall::new("templates.admin_create");
     op.params.extend(params);
     let result = authed_call(&request.ctx, request.session()?, op)
@@ -676,7 +668,7 @@ async fn admin_update_template(mut request: RouteRequest) -> Result<Response, Ap
     if !is_slug(&id) {
         return Err(template_not_found());
     }
-    let params = template_params(body, Intent::Update).map_err(validation_failed)?;
+    let params = template_params(body, Intent::Update).map_err(ApiError::validation_failed)?;
     let mut op = OpCall::new("templates.admin_update").param("id", id);
     op.params.extend(params);
     let result = authed_call(&request.ctx, request.session()?, op)
@@ -707,7 +699,7 @@ enum Catalogue {
 async fn admin_list(request: RouteRequest, op: &str, key: &str) -> Result<Response, ApiError> {
     let result = authed_call(&request.ctx, request.session()?, OpCall::new(op)).await?;
     let mut body = Map::new();
-    body.insert(key.to_owned(), Value::Array(rows_as_values(result)));
+    body.insert(key.to_owned(), Value::Array(rows::into_values(result)));
     json_response(200, &Value::Object(body))
 }
 
@@ -815,19 +807,12 @@ fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, 
     Value::deserialize(deserializer).map(Some)
 }
 
-fn field_error(code: &'static str, message: impl Into<String>) -> FieldError {
-    FieldError {
-        code: Cow::Borrowed(code),
-        message: message.into(),
-    }
-}
-
 fn invalid_type(expected: &str) -> FieldError {
-    field_error("invalid_type", format!("must be {expected}"))
+    FieldError::new("invalid_type", format!("must be {expected}"))
 }
 
 fn not_nullable() -> FieldError {
-    field_error(
+    FieldError::new(
         "not_nullable",
         "cannot be null; leave the field out to keep its value",
     )
@@ -965,7 +950,7 @@ fn number(
 }
 
 fn out_of_range((min, max): (f64, f64)) -> FieldError {
-    field_error(
+    FieldError::new(
         "out_of_range",
         format!("must be between {min:?} and {max:?}"),
     )
@@ -989,7 +974,7 @@ fn slug(errors: &mut FieldErrors, field: &str, input: Option<Value>) -> Change<S
         Some(Value::String(_)) => {
             errors.add(
                 field,
-                field_error(
+                FieldError::new(
                     "invalid_format",
                     "must be 2 to 63 characters of a-z, 0-9, '_' and '-', starting with a letter or digit",
                 ),
@@ -1034,7 +1019,10 @@ fn avatar_url(errors: &mut FieldErrors, field: &str, input: Option<Value>) -> Ch
             if host.is_some_and(|host| !host.is_empty()) && clean {
                 Change::Set(url)
             } else {
-                errors.add(field, field_error("invalid_url", "must be an https:// URL"));
+                errors.add(
+                    field,
+                    FieldError::new("invalid_url", "must be an https:// URL"),
+                );
                 Change::Keep
             }
         }
@@ -1077,7 +1065,7 @@ fn voice_settings(
             "use_speaker_boost" => {}
             _ => errors.add(
                 &path,
-                field_error(
+                FieldError::new(
                     "unknown_field",
                     "is not a voice setting (stability, similarity_boost, style, speed, use_speaker_boost)",
                 ),
@@ -1111,25 +1099,8 @@ fn parse_query_bool(value: &str) -> Option<bool> {
 // Responses and errors
 // ---------------------------------------------------------------------------------------------
 
-fn rows_as_values(result: OpResult) -> Vec<Value> {
-    result.rows.into_iter().map(Value::Object).collect()
-}
-
 fn single_row(result: OpResult) -> Result<Value, ApiError> {
-    result
-        .rows
-        .into_iter()
-        .next()
-        .map(Value::Object)
-        .ok_or_else(|| {
-            worker::console_error!("a single-row operation returned no row");
-            ApiError::internal()
-        })
-}
-
-fn validation_failed(errors: FieldErrors) -> ApiError {
-    let fields = serde_json::to_value(&errors).unwrap_or(Value::Null);
-    ApiError::bad_request("validation_failed", "some fields are invalid").with_fields(fields)
+    rows::into_first_row(result).map(Value::Object)
 }
 
 fn persona_not_found() -> ApiError {
@@ -1162,9 +1133,9 @@ fn refine_unknown_persona(error: ApiError) -> ApiError {
     let mut errors = FieldErrors::new();
     errors.add(
         "persona_id",
-        field_error("unknown_persona", "names no persona"),
+        FieldError::new("unknown_persona", "names no persona"),
     );
-    validation_failed(errors)
+    ApiError::validation_failed(errors)
 }
 
 #[cfg(test)]
