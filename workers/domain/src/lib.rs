@@ -15,6 +15,8 @@
 //!   checked newtypes: [`Email`], [`PhoneE164`] (masked when printed), [`Password`], [`Name`].
 //! - [`stripe`]: Stripe webhook signature verification (HMAC-SHA256, in constant time, with
 //!   secret rotation).
+//! - [`stripe_events`]: which Stripe events matter and what each asks for (a purchase, a
+//!   subscription refill or end), decided from the event alone.
 //! - [`ratelimit`]: sliding-window rate limits (login attempts), the logic behind the
 //!   `RateLimiter` Durable Object.
 //! - [`ids`]: prefixed ids such as `usr_…`, built from caller-supplied random bytes.
@@ -26,6 +28,7 @@ pub mod ids;
 pub mod pricing;
 pub mod ratelimit;
 pub mod stripe;
+pub mod stripe_events;
 pub mod tier;
 pub mod validate;
 
