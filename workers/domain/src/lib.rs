@@ -13,6 +13,8 @@
 //! - [`budget`]: per-user spending caps, and whether to carry on, warn or cut off.
 //! - [`validate`]: checks on API input that produce field-level errors ([`FieldErrors`]), plus
 //!   checked newtypes: [`Email`], [`PhoneE164`] (masked when printed), [`Password`], [`Name`].
+//! - [`fields`]: partial-update (`PUT`) bodies checked member by member: keep, clear or set.
+//! - [`personas`]: the input rules of personas, relationships and scenario templates.
 //! - [`stripe`]: Stripe webhook signature verification (HMAC-SHA256, in constant time, with
 //!   secret rotation).
 //! - [`stripe_events`]: which Stripe events matter and what each asks for (a purchase, a
@@ -24,7 +26,9 @@
 //! Every error type has a `code()` that returns a stable snake_case string, meant for API clients.
 
 pub mod budget;
+pub mod fields;
 pub mod ids;
+pub mod personas;
 pub mod pricing;
 pub mod ratelimit;
 pub mod stripe;

@@ -1,0 +1,52 @@
+//! The public catalogue: active personas and scenario templates, without their prompts.
+
+use callmeback_domain::fields::is_slug;
+use callmeback_gateway_api::OpCall;
+use serde_json::json;
+use worker::Response;
+
+use super::{is_precondition_failed, persona_not_found, single_row};
+use crate::error::ApiError;
+use crate::routes::{RouteRequest, json_response};
+use crate::rows;
+
+pub(super) async fn list_personas(request: RouteRequest) -> Result<Response, ApiError> {
+    let result = request
+        .ctx
+        .gateway()?
+        .call(&OpCall::new("personas.list_active"))
+        .await?;
+    json_response(200, &json!({ "personas": rows::into_values(result) }))
+}
+
+pub(super) async fn get_persona(request: RouteRequest) -> Result<Response, ApiError> {
+    let id = request.params.get("id");
+    if !is_slug(id) {
+        return Err(persona_not_found());
+    }
+    let op = OpCall::new("personas.get_active").param("id", id);
+    let result = request
+        .ctx
+        .gateway()?
+        .call(&op)
+        .await
+        .map_err(ApiError::from)
+        .map_err(|error| {
+            if is_precondition_failed(&error) {
+                persona_not_found()
+            } else {
+                error
+            }
+        })?;
+    let persona = single_row(result)?;
+    json_response(200, &json!({ "persona": persona }))
+}
+
+pub(super) async fn list_templates(request: RouteRequest) -> Result<Response, ApiError> {
+    let result = request
+        .ctx
+        .gateway()?
+        .call(&OpCall::new("templates.list_active"))
+        .await?;
+    json_response(200, &json!({ "templates": rows::into_values(result) }))
+}
