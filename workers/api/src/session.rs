@@ -8,6 +8,7 @@
 //! own; if it fails, the batch rolls back and nothing else ran.
 
 use callmeback_auth::{Role, SessionClaims};
+use callmeback_gateway_api::ops::auth;
 use callmeback_gateway_api::{OpCall, OpResult, codes};
 use worker::Request;
 
@@ -42,12 +43,12 @@ impl Session {
     /// The operations that must succeed before this session's own operations run.
     fn guard_ops(&self) -> Vec<OpCall> {
         let mut ops = vec![
-            OpCall::new("auth.session_check")
+            OpCall::of(&auth::SESSION_CHECK)
                 .param("user_id", self.claims.sub.as_str())
                 .param("jti", self.claims.jti.as_str()),
         ];
         if self.access == Access::Admin {
-            ops.push(OpCall::new("auth.require_admin").param("user_id", self.claims.sub.as_str()));
+            ops.push(OpCall::of(&auth::REQUIRE_ADMIN).param("user_id", self.claims.sub.as_str()));
         }
         ops
     }
@@ -148,4 +149,29 @@ pub async fn authed_call(
 ) -> Result<OpResult, ApiError> {
     let mut results = authed_batch(ctx, session, vec![op]).await?;
     results.pop().ok_or_else(ApiError::internal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guard_calls_match_their_specs() {
+        let session = |access| Session {
+            claims: SessionClaims {
+                jti: "tok_1".to_owned(),
+                sub: "usr_1".to_owned(),
+                email: "ada@example.com".to_owned(),
+                role: Role::Admin,
+            },
+            expires_at: 1_800_000_000,
+            access,
+        };
+        assert_eq!(session(Access::User).guard_ops().len(), 1);
+        let admin = session(Access::Admin).guard_ops();
+        assert_eq!(admin.len(), 2);
+        for call in admin {
+            assert_eq!(call.conforms(), Ok(()), "{}", call.op);
+        }
+    }
 }

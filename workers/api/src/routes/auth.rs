@@ -48,6 +48,7 @@ use callmeback_domain::{
     BudgetSettings, Decision, Email, FieldError, FieldErrors, Name, Password, PhoneE164,
     RateLimitPolicy, Tier, ValidationError, new_id,
 };
+use callmeback_gateway_api::ops::accounts;
 use callmeback_gateway_api::{OpCall, codes};
 use futures_util::future::join;
 use serde::Deserialize;
@@ -60,7 +61,7 @@ use crate::ctx::{RequestCtx, read_json};
 use crate::error::ApiError;
 use crate::gateway::GatewayError;
 use crate::rate_limiter::{self, Action};
-use crate::session::{authed_batch, authed_call};
+use crate::session::{Session, authed_batch, authed_call};
 use crate::{rows, time};
 
 const REGISTER: &str = "register";
@@ -192,13 +193,13 @@ fn registration_ops(user_id: &str, account: &NewAccount, ip: &str) -> Vec<OpCall
     let free = Tier::Free.limits();
     let budget = BudgetSettings::default();
     vec![
-        OpCall::new("accounts.create_user")
+        OpCall::of(&accounts::CREATE_USER)
             .param("id", user_id)
             .param("email", account.email.as_str())
             .param("password", account.password.expose_secret())
             .param("name", account.name.as_ref().map(|name| name.as_str()))
             .param("phone", account.phone.as_ref().map(|phone| phone.as_str())),
-        OpCall::new("accounts.create_credits")
+        OpCall::of(&accounts::CREATE_CREDITS)
             .param("user_id", user_id)
             .param("tier", Tier::Free.as_str())
             .param(
@@ -207,7 +208,7 @@ fn registration_ops(user_id: &str, account: &NewAccount, ip: &str) -> Vec<OpCall
             )
             .param("max_calls_per_day", free.calls_per_day)
             .param("max_call_duration_seconds", free.max_call_seconds),
-        OpCall::new("accounts.create_budget_settings")
+        OpCall::of(&accounts::CREATE_BUDGET_SETTINGS)
             .param("user_id", user_id)
             .param("max_cost_per_call_cents", budget.max_cost_per_call_cents)
             .param("max_monthly_spend_cents", budget.max_monthly_spend_cents)
@@ -336,10 +337,7 @@ async fn login(mut request: RouteRequest) -> Result<Response, ApiError> {
         // No stored password can be this long; the gateway would refuse to hash it.
         None
     } else {
-        let attempt = OpCall::new("accounts.login")
-            .param("email", credentials.email.as_str())
-            .param("password", credentials.password.as_str())
-            .param("ip", ctx.client_ip.as_str());
+        let attempt = login_op(&credentials, &ctx.client_ip);
         match ctx.gateway()?.call(&attempt).await {
             Ok(result) => Some(result),
             Err(GatewayError::Rejected { code, .. }) if code == codes::PRECONDITION_FAILED => None,
@@ -382,25 +380,14 @@ fn invalid_credentials() -> ApiError {
 
 async fn logout(request: RouteRequest) -> Result<Response, ApiError> {
     let session = request.session()?;
-    let ops = vec![
-        OpCall::new("accounts.revoke_token")
-            .param("jti", session.claims.jti.as_str())
-            .param("user_id", session.user_id())
-            .param("expires_at_unix", session.expires_at),
-        audit_op("logout", Some(session.user_id()), &request.ctx.client_ip),
-    ];
+    let ops = logout_ops(session, &request.ctx.client_ip);
     authed_batch(&request.ctx, session, ops).await?;
     Ok(Response::empty()?.with_status(204))
 }
 
 async fn me(request: RouteRequest) -> Result<Response, ApiError> {
     let session = request.session()?;
-    let result = authed_call(
-        &request.ctx,
-        session,
-        OpCall::new("accounts.get_user").param("user_id", session.user_id()),
-    )
-    .await?;
+    let result = authed_call(&request.ctx, session, get_user_op(session.user_id())).await?;
     let row = rows::into_first_row(result)?;
     json_response(
         200,
@@ -459,11 +446,7 @@ async fn set_user_role(mut request: RouteRequest) -> Result<Response, ApiError> 
             "an admin cannot change their own role",
         ));
     }
-    let op = OpCall::new("accounts.set_role")
-        .param("user_id", target.as_str())
-        .param("role", role.as_str())
-        .param("actor_user_id", session.user_id())
-        .param("ip", request.ctx.client_ip.as_str());
+    let op = set_role_op(&target, role, session.user_id(), &request.ctx.client_ip);
     let result = authed_call(&request.ctx, session, op)
         .await
         .map_err(|error| {
@@ -486,9 +469,40 @@ fn user_not_found() -> ApiError {
 // ---------------------------------------------------------------------------------------------
 
 fn audit_op(event_type: &str, user_id: Option<&str>, ip: &str) -> OpCall {
-    OpCall::new("accounts.audit")
+    OpCall::of(&accounts::AUDIT)
         .param("event_type", event_type)
         .param("user_id", user_id)
+        .param("ip", ip)
+}
+
+/// The password check, which the gateway runs (`accounts.login` is a procedure).
+fn login_op(credentials: &Credentials, ip: &str) -> OpCall {
+    OpCall::of(&accounts::LOGIN)
+        .param("email", credentials.email.as_str())
+        .param("password", credentials.password.as_str())
+        .param("ip", ip)
+}
+
+/// Revokes the session's token until it would have expired, with the audit row.
+fn logout_ops(session: &Session, ip: &str) -> Vec<OpCall> {
+    vec![
+        OpCall::of(&accounts::REVOKE_TOKEN)
+            .param("jti", session.claims.jti.as_str())
+            .param("user_id", session.user_id())
+            .param("expires_at_unix", session.expires_at),
+        audit_op("logout", Some(session.user_id()), ip),
+    ]
+}
+
+fn get_user_op(user_id: &str) -> OpCall {
+    OpCall::of(&accounts::GET_USER).param("user_id", user_id)
+}
+
+fn set_role_op(target: &str, role: Role, actor_user_id: &str, ip: &str) -> OpCall {
+    OpCall::of(&accounts::SET_ROLE)
+        .param("user_id", target)
+        .param("role", role.as_str())
+        .param("actor_user_id", actor_user_id)
         .param("ip", ip)
 }
 
@@ -761,6 +775,37 @@ mod tests {
         assert!(!is_plausible_user_id(""));
         assert!(!is_plausible_user_id("usr\n1"));
         assert!(!is_plausible_user_id(&"x".repeat(256)));
+    }
+
+    #[test]
+    fn every_gateway_call_matches_its_spec() {
+        let account = validate_registration(body(json!({
+            "email": "ada@example.com", "password": "ten chars!", "name": "Ada", "phone": "+15551234567"
+        })))
+        .expect("valid");
+        let credentials = Credentials {
+            email: "ada@example.com".to_owned(),
+            password: "ten chars!".to_owned(),
+        };
+        let session = Session {
+            claims: SessionClaims {
+                jti: "tok_1".to_owned(),
+                sub: "usr_1".to_owned(),
+                email: "ada@example.com".to_owned(),
+                role: Role::User,
+            },
+            expires_at: 1_800_000_000,
+            access: Access::User,
+        };
+        let mut calls = registration_ops("usr_1", &account, "203.0.113.7");
+        calls.extend(logout_ops(&session, "203.0.113.7"));
+        calls.push(login_op(&credentials, "203.0.113.7"));
+        calls.push(get_user_op("usr_1"));
+        calls.push(set_role_op("usr_2", Role::Admin, "usr_1", "203.0.113.7"));
+        calls.push(audit_op("login_failure", None, "203.0.113.7"));
+        for call in calls {
+            assert_eq!(call.conforms(), Ok(()), "{}", call.op);
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! 200 proves the whole path: Worker → signature → gateway → pool → Postgres. Either hop failing
 //! gives a 503 that names the dependency (`gateway` or `database`), within the gateway timeout.
 
+use callmeback_gateway_api::ops::system;
 use callmeback_gateway_api::{OpCall, codes};
 use serde_json::json;
 use worker::Response;
@@ -23,7 +24,7 @@ pub(super) const ROUTES: &[RouteDef] = &[RouteDef::new(
 pub(super) async fn handle(_route: &RouteDef, request: RouteRequest) -> Result<Response, ApiError> {
     let gateway = request.ctx.gateway()?;
     let started = js_sys::Date::now();
-    let result = gateway.call(&OpCall::new("system.ping")).await;
+    let result = gateway.call(&OpCall::of(&system::PING)).await;
     let latency_ms = (js_sys::Date::now() - started).round() as u64;
     match result {
         Ok(ping) => {

@@ -1,6 +1,7 @@
 //! `GET /api/admin/stats`: the design document's §13 reports, one gateway batch.
 
 use callmeback_domain::Tier;
+use callmeback_gateway_api::ops::billing;
 use callmeback_gateway_api::{OpCall, OpResult};
 use serde_json::{Map, Value, json};
 use worker::Response;
@@ -26,19 +27,23 @@ pub(super) async fn get(request: RouteRequest) -> Result<Response, ApiError> {
         .filter(|tier| tier.limits().needs_credits)
         .map(Tier::as_str)
         .collect();
-    let ops = vec![
-        OpCall::new("admin.cost_by_provider").param("days", COST_WINDOW_DAYS),
-        OpCall::new("admin.top_personas")
+    let results = authed_batch(&request.ctx, session, report_ops(&credit_tiers)).await?;
+    json_response(200, &admin_stats_body(&results, &credit_tiers)?)
+}
+
+/// The five reports, in the order [`admin_stats_body`] reads them.
+fn report_ops(credit_tiers: &[&str]) -> Vec<OpCall> {
+    vec![
+        OpCall::of(&billing::ADMIN_COST_BY_PROVIDER).param("days", COST_WINDOW_DAYS),
+        OpCall::of(&billing::ADMIN_TOP_PERSONAS)
             .param("days", COST_WINDOW_DAYS)
             .param("limit", TOP_PERSONAS),
-        OpCall::new("admin.revenue_by_day").param("days", DAILY_WINDOW_DAYS),
-        OpCall::new("admin.calls_today"),
-        OpCall::new("admin.low_credit_users")
+        OpCall::of(&billing::ADMIN_REVENUE_BY_DAY).param("days", DAILY_WINDOW_DAYS),
+        OpCall::of(&billing::ADMIN_CALLS_TODAY),
+        OpCall::of(&billing::ADMIN_LOW_CREDIT_USERS)
             .param("below", LOW_CREDIT_THRESHOLD)
-            .param("tiers", credit_tiers.clone()),
-    ];
-    let results = authed_batch(&request.ctx, session, ops).await?;
-    json_response(200, &admin_stats_body(&results, &credit_tiers)?)
+            .param("tiers", credit_tiers),
+    ]
 }
 
 fn admin_stats_body(results: &[OpResult], credit_tiers: &[&str]) -> Result<Value, ApiError> {
@@ -148,5 +153,12 @@ mod tests {
         assert_eq!(converted["provider_cost_cents"], "12.3400");
         assert_eq!(converted["day"], "2026-11-22");
         assert_eq!(converted["persona_id"], "brad");
+    }
+
+    #[test]
+    fn every_gateway_call_matches_its_spec() {
+        for call in report_ops(&["basic", "premium"]) {
+            assert_eq!(call.conforms(), Ok(()), "{}", call.op);
+        }
     }
 }

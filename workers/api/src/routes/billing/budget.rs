@@ -2,6 +2,7 @@
 
 use callmeback_domain::{BudgetSettings, FieldError, FieldErrors, ValidationError};
 use callmeback_gateway_api::OpCall;
+use callmeback_gateway_api::ops::billing;
 use serde_json::{Map, Value, json};
 use worker::Response;
 
@@ -13,7 +14,7 @@ use crate::session::authed_call;
 
 pub(super) async fn get(request: RouteRequest) -> Result<Response, ApiError> {
     let session = request.session()?;
-    let op = OpCall::new("budget.get").param("user_id", session.user_id());
+    let op = get_op(session.user_id());
     let result = authed_call(&request.ctx, session, op).await?;
     let body = match result.first() {
         Some(row) => budget_body(&budget_from_row(row)?, row.get("updated_at")),
@@ -26,18 +27,26 @@ pub(super) async fn put(mut request: RouteRequest) -> Result<Response, ApiError>
     let body: Map<String, Value> = read_json(&mut request.req).await?;
     let settings = budget_from_body(&body)?;
     let session = request.session()?;
-    let op = OpCall::new("budget.put")
-        .param("user_id", session.user_id())
-        .param("max_cost_per_call_cents", settings.max_cost_per_call_cents)
-        .param("max_monthly_spend_cents", settings.max_monthly_spend_cents)
-        .param("warn_at_percent", settings.warn_at_percent)
-        .param("auto_cutoff", settings.auto_cutoff);
+    let op = put_op(session.user_id(), &settings);
     let result = authed_call(&request.ctx, session, op).await?;
     let row = first_row(&result)?;
     json_response(
         200,
         &budget_body(&budget_from_row(row)?, row.get("updated_at")),
     )
+}
+
+fn get_op(user_id: &str) -> OpCall {
+    OpCall::of(&billing::BUDGET_GET).param("user_id", user_id)
+}
+
+fn put_op(user_id: &str, settings: &BudgetSettings) -> OpCall {
+    OpCall::of(&billing::BUDGET_PUT)
+        .param("user_id", user_id)
+        .param("max_cost_per_call_cents", settings.max_cost_per_call_cents)
+        .param("max_monthly_spend_cents", settings.max_monthly_spend_cents)
+        .param("warn_at_percent", settings.warn_at_percent)
+        .param("auto_cutoff", settings.auto_cutoff)
 }
 
 const BUDGET_INT_FIELDS: [&str; 3] = [
@@ -173,5 +182,12 @@ mod tests {
             budget_from_body(&extra).expect_err("unknown").code,
             "invalid_body"
         );
+    }
+
+    #[test]
+    fn every_gateway_call_matches_its_spec() {
+        for call in [get_op("usr_1"), put_op("usr_1", &BudgetSettings::default())] {
+            assert_eq!(call.conforms(), Ok(()), "{}", call.op);
+        }
     }
 }

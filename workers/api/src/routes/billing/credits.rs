@@ -4,6 +4,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use callmeback_domain::{FieldErrors, Tier, ValidationError, can_start_call};
+use callmeback_gateway_api::ops::billing;
 use callmeback_gateway_api::{OpCall, OpResult};
 use serde_json::{Map, Value, json};
 use worker::Response;
@@ -15,9 +16,13 @@ use crate::session::authed_call;
 
 pub(super) async fn get(request: RouteRequest) -> Result<Response, ApiError> {
     let session = request.session()?;
-    let op = OpCall::new("credits.summary").param("user_id", session.user_id());
+    let op = summary_op(session.user_id());
     let result = authed_call(&request.ctx, session, op).await?;
     json_response(200, &credits_body(first_row(&result)?)?)
+}
+
+fn summary_op(user_id: &str) -> OpCall {
+    OpCall::of(&billing::CREDITS_SUMMARY).param("user_id", user_id)
 }
 
 /// The `GET /api/credits` body from a `credits.summary` row. A user without a credits row yet is
@@ -60,17 +65,22 @@ pub(super) async fn list_transactions(request: RouteRequest) -> Result<Response,
     let url = request.req.url()?;
     let query = TransactionsQuery::parse(url.query_pairs())?;
 
-    let mut op = OpCall::new("credits.transactions")
-        .param("user_id", session.user_id())
-        // One row more than the page: its presence says whether there is a next page.
-        .param("limit", query.limit + 1);
-    if let Some(cursor) = &query.cursor {
-        op = op
-            .param("before_created_at", cursor.created_at.as_str())
-            .param("before_id", cursor.id.as_str());
-    }
+    let op = transactions_op(session.user_id(), &query);
     let result = authed_call(&request.ctx, session, op).await?;
     json_response(200, &transactions_body(result, query.limit)?)
+}
+
+fn transactions_op(user_id: &str, query: &TransactionsQuery) -> OpCall {
+    let op = OpCall::of(&billing::CREDITS_TRANSACTIONS)
+        .param("user_id", user_id)
+        // One row more than the page: its presence says whether there is a next page.
+        .param("limit", query.limit + 1);
+    match &query.cursor {
+        Some(cursor) => op
+            .param("before_created_at", cursor.created_at.as_str())
+            .param("before_id", cursor.id.as_str()),
+        None => op,
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -382,5 +392,22 @@ mod tests {
         };
         let body = transactions_body(last_page, 2).expect("valid rows");
         assert_eq!(body["next_cursor"], Value::Null);
+    }
+
+    #[test]
+    fn every_gateway_call_matches_its_spec() {
+        let first_page = query(&[]).expect("no query");
+        let cursor = Cursor {
+            created_at: "2026-11-22T10:00:00.123456Z".to_owned(),
+            id: "txn_abc".to_owned(),
+        };
+        let next_page = query(&[("cursor", &cursor.encode())]).expect("valid");
+        for call in [
+            summary_op("usr_1"),
+            transactions_op("usr_1", &first_page),
+            transactions_op("usr_1", &next_page),
+        ] {
+            assert_eq!(call.conforms(), Ok(()), "{}", call.op);
+        }
     }
 }

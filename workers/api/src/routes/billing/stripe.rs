@@ -23,6 +23,7 @@ use callmeback_domain::stripe_events::{
     StripeAction, StripeEvent, parse_stripe_event, plan_stripe_event,
 };
 use callmeback_domain::{StripeSigError, Tier, verify_stripe_signature};
+use callmeback_gateway_api::ops::billing;
 use callmeback_gateway_api::{OpCall, codes};
 use serde_json::{Value, json};
 use worker::Response;
@@ -164,7 +165,7 @@ fn webhook_failure(action: &StripeAction, error: &GatewayError) -> Option<Value>
 
 /// The gateway operations an action needs, `webhooks.record_event` first; `None` for nothing.
 fn action_ops(event: &StripeEvent, action: &StripeAction, random: [u8; 16]) -> Option<Vec<OpCall>> {
-    let record = OpCall::new("webhooks.record_event")
+    let record = OpCall::of(&billing::WEBHOOKS_RECORD_EVENT)
         .param("provider", "stripe")
         .param("event_id", event.id.as_str())
         .param("event_type", event.kind.as_str());
@@ -175,7 +176,7 @@ fn action_ops(event: &StripeEvent, action: &StripeAction, random: [u8; 16]) -> O
             user_id,
             credits,
             payment_intent_id,
-        } => OpCall::new("credits.add")
+        } => OpCall::of(&billing::CREDITS_ADD)
             .param("user_id", user_id.as_str())
             .param("amount", *credits)
             .param("type", "purchase")
@@ -191,7 +192,7 @@ fn action_ops(event: &StripeEvent, action: &StripeAction, random: [u8; 16]) -> O
         } => {
             let limits = tier.limits();
             let monthly = limits.monthly_credits.unwrap_or(0);
-            let mut op = OpCall::new("subscriptions.refill")
+            let mut op = OpCall::of(&billing::SUBSCRIPTIONS_REFILL)
                 .param("user_id", user_id.clone())
                 .param("stripe_customer_id", customer_id.clone())
                 .param("subscription_id", subscription_id.as_str())
@@ -219,7 +220,7 @@ fn action_ops(event: &StripeEvent, action: &StripeAction, random: [u8; 16]) -> O
         } => {
             let free = Tier::Free;
             let limits = free.limits();
-            OpCall::new("subscriptions.end")
+            OpCall::of(&billing::SUBSCRIPTIONS_END)
                 .param("subscription_id", subscription_id.as_str())
                 .param("user_id", user_id.clone())
                 .param("stripe_customer_id", customer_id.clone())
@@ -345,5 +346,35 @@ mod tests {
             webhook_failure(&purchase, &GatewayError::Unreachable("down".into())),
             None
         );
+    }
+
+    #[test]
+    fn every_gateway_call_matches_its_spec() {
+        let source = event("invoice.paid", json!({}));
+        let actions = [
+            StripeAction::Purchase {
+                user_id: "usr_1".into(),
+                credits: 5,
+                payment_intent_id: "pi_1".into(),
+            },
+            StripeAction::SubscriptionPaid {
+                user_id: Some("usr_1".into()),
+                customer_id: None,
+                subscription_id: "sub_1".into(),
+                tier: Tier::Premium,
+                period: Some((0, 86_400)),
+            },
+            StripeAction::SubscriptionEnded {
+                user_id: None,
+                customer_id: Some("cus_1".into()),
+                subscription_id: "sub_1".into(),
+                ended_at: None,
+            },
+        ];
+        for action in &actions {
+            for call in action_ops(&source, action, [7; 16]).expect("ops") {
+                assert_eq!(call.conforms(), Ok(()), "{}", call.op);
+            }
+        }
     }
 }

@@ -2,6 +2,7 @@
 
 use callmeback_domain::fields::is_slug;
 use callmeback_gateway_api::OpCall;
+use callmeback_gateway_api::ops::personas;
 use serde_json::json;
 use worker::Response;
 
@@ -14,7 +15,7 @@ pub(super) async fn list_personas(request: RouteRequest) -> Result<Response, Api
     let result = request
         .ctx
         .gateway()?
-        .call(&OpCall::new("personas.list_active"))
+        .call(&OpCall::of(&personas::LIST_ACTIVE))
         .await?;
     json_response(200, &json!({ "personas": rows::into_values(result) }))
 }
@@ -24,7 +25,7 @@ pub(super) async fn get_persona(request: RouteRequest) -> Result<Response, ApiEr
     if !is_slug(id) {
         return Err(persona_not_found());
     }
-    let op = OpCall::new("personas.get_active").param("id", id);
+    let op = get_persona_op(id);
     let result = request
         .ctx
         .gateway()?
@@ -46,7 +47,27 @@ pub(super) async fn list_templates(request: RouteRequest) -> Result<Response, Ap
     let result = request
         .ctx
         .gateway()?
-        .call(&OpCall::new("templates.list_active"))
+        .call(&OpCall::of(&personas::TEMPLATES_LIST_ACTIVE))
         .await?;
     json_response(200, &json!({ "templates": rows::into_values(result) }))
+}
+
+fn get_persona_op(id: &str) -> OpCall {
+    OpCall::of(&personas::GET_ACTIVE).param("id", id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_gateway_call_matches_its_spec() {
+        for call in [
+            OpCall::of(&personas::LIST_ACTIVE),
+            OpCall::of(&personas::TEMPLATES_LIST_ACTIVE),
+            get_persona_op("brad"),
+        ] {
+            assert_eq!(call.conforms(), Ok(()), "{}", call.op);
+        }
+    }
 }

@@ -6,6 +6,7 @@ use callmeback_domain::ids::{new_id, prefix};
 use callmeback_domain::personas::{RelationshipPatchBody, relationship_patch_params};
 use callmeback_domain::{FieldError, FieldErrors};
 use callmeback_gateway_api::OpCall;
+use callmeback_gateway_api::ops::personas;
 use serde_json::{Map, Value, json};
 use worker::Response;
 
@@ -41,10 +42,7 @@ pub(super) async fn list_mine(request: RouteRequest) -> Result<Response, ApiErro
     }
     errors.into_result().map_err(ApiError::validation_failed)?;
 
-    let op = OpCall::new("relationships.list_for_user")
-        .param("user_id", session.user_id())
-        .param("favorites_only", favorites_only)
-        .param("include_archived", include_archived);
+    let op = list_op(session.user_id(), favorites_only, include_archived);
     let result = authed_call(&request.ctx, session, op).await?;
     let relationships = result
         .rows
@@ -62,11 +60,8 @@ pub(super) async fn put(mut request: RouteRequest) -> Result<Response, ApiError>
     }
     let params = relationship_patch_params(body).map_err(ApiError::validation_failed)?;
     let session = request.session()?;
-    let mut op = OpCall::new("relationships.upsert")
-        .param("id", new_id(prefix::PERSONA_RELATIONSHIP, random_16()?))
-        .param("user_id", session.user_id())
-        .param("persona_id", persona_id);
-    op.params.extend(params);
+    let id = new_id(prefix::PERSONA_RELATIONSHIP, random_16()?);
+    let op = upsert_op(&id, session.user_id(), &persona_id, params);
     let result = authed_call(&request.ctx, session, op)
         .await
         .map_err(|error| {
@@ -78,6 +73,22 @@ pub(super) async fn put(mut request: RouteRequest) -> Result<Response, ApiError>
         })?;
     let row = rows::first_row(&result)?;
     json_response(200, &json!({ "relationship": relationship_json(row)? }))
+}
+
+fn list_op(user_id: &str, favorites_only: bool, include_archived: bool) -> OpCall {
+    OpCall::of(&personas::LIST_FOR_USER)
+        .param("user_id", user_id)
+        .param("favorites_only", favorites_only)
+        .param("include_archived", include_archived)
+}
+
+/// `patch` is what `relationship_patch_params` validated (with `set_fields`).
+fn upsert_op(id: &str, user_id: &str, persona_id: &str, patch: Map<String, Value>) -> OpCall {
+    OpCall::of(&personas::UPSERT)
+        .param("id", id)
+        .param("user_id", user_id)
+        .param("persona_id", persona_id)
+        .with_params(patch)
 }
 
 /// A relationship row of the gateway as the API shows it: the persona's public fields nested
@@ -135,5 +146,18 @@ mod tests {
         );
         assert_eq!(shaped["persona_id"], json!("brad"));
         assert!(shaped.get("persona_name").is_none());
+    }
+
+    #[test]
+    fn every_gateway_call_matches_its_spec() {
+        let patch: RelationshipPatchBody =
+            serde_json::from_value(json!({"is_favorite": true, "voice_id": null})).unwrap();
+        let patch = relationship_patch_params(patch).expect("valid");
+        for call in [
+            list_op("usr_1", true, false),
+            upsert_op("rel_1", "usr_1", "brad", patch),
+        ] {
+            assert_eq!(call.conforms(), Ok(()), "{}", call.op);
+        }
     }
 }
