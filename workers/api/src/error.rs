@@ -11,6 +11,7 @@ use worker::Response;
 
 use crate::config::ConfigError;
 use crate::gateway::GatewayError;
+use crate::limits::LimiterError;
 
 /// A failure with its HTTP status and stable code.
 #[derive(Debug, Clone, PartialEq)]
@@ -137,6 +138,20 @@ impl From<ConfigError> for ApiError {
     fn from(err: ConfigError) -> Self {
         worker::console_error!("{err}");
         Self::new(500, err.code(), "the service is misconfigured")
+    }
+}
+
+/// A limiter that cannot answer fails the request closed: 503 naming `rate_limiter` (a missing
+/// binding is a deploy mistake: 500).
+impl From<LimiterError> for ApiError {
+    fn from(err: LimiterError) -> Self {
+        worker::console_error!("{err}");
+        match err {
+            LimiterError::Binding(_) => Self::internal(),
+            LimiterError::Unavailable(_) => {
+                Self::dependency_unavailable("rate_limiter", "the rate limiter is unavailable")
+            }
+        }
     }
 }
 

@@ -7,7 +7,8 @@
 //! Modules:
 //! - [`routes`]: the route table and handlers;
 //! - [`gateway`]: signed, time-bounded calls to db-gateway;
-//! - [`rate_limiter`]: the `RateLimiter` Durable Object (login attempt limits);
+//! - [`limits`]: the rate-limiter client (keys, check/record/reset, atomic take, release);
+//! - [`rate_limiter`]: the `RateLimiter` Durable Object behind it;
 //! - [`config`]: the typed [`config::Config`] (vars and secrets), read once per isolate;
 //! - [`error`]: the one error type of the HTTP boundary.
 
@@ -16,6 +17,7 @@ pub mod cors;
 pub mod ctx;
 pub mod error;
 pub mod gateway;
+pub mod limits;
 pub mod rate_limiter;
 pub mod routes;
 pub mod rows;

@@ -19,8 +19,8 @@
 //!   secret rotation).
 //! - [`stripe_events`]: which Stripe events matter and what each asks for (a purchase, a
 //!   subscription refill or end), decided from the event alone.
-//! - [`ratelimit`]: sliding-window rate limits (login attempts), the logic behind the
-//!   `RateLimiter` Durable Object.
+//! - [`ratelimit`]: sliding-window rate limits (check/record, or an atomic take with release),
+//!   the logic behind the `RateLimiter` Durable Object.
 //! - [`ids`]: prefixed ids such as `usr_…`, built from caller-supplied random bytes.
 //!
 //! Every error type has a `code()` that returns a stable snake_case string, meant for API clients.
@@ -39,7 +39,7 @@ pub mod validate;
 pub use budget::{BudgetLimit, BudgetSettings, BudgetStatus};
 pub use ids::{is_valid_id, new_id};
 pub use pricing::{Cents, CostBreakdown, Usage};
-pub use ratelimit::{Decision, RateLimitPolicy, SlidingWindowLog};
+pub use ratelimit::{Decision, RateLimitPolicy, SlidingWindowLog, Take};
 pub use stripe::{StripeSigError, sign_stripe_payload, verify_stripe_signature};
 pub use tier::{CallGrant, CallRefusal, Tier, TierLimits, can_start_call, credits_for_call};
 pub use validate::{

@@ -53,14 +53,13 @@ use callmeback_gateway_api::{OpCall, codes};
 use futures_util::future::join;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use sha2::{Digest as _, Sha256};
-use worker::{Method, ObjectNamespace, Response};
+use worker::{Method, Response};
 
 use super::{Access, RouteDef, RouteRequest, Service, json_response, random_16};
 use crate::ctx::{RequestCtx, read_json};
 use crate::error::ApiError;
 use crate::gateway::GatewayError;
-use crate::rate_limiter::{self, Action};
+use crate::limits::{LimitKey, Limiter};
 use crate::session::{Session, authed_batch, authed_call};
 use crate::{rows, time};
 
@@ -222,10 +221,10 @@ async fn register(mut request: RouteRequest) -> Result<Response, ApiError> {
     let body: RegisterBody = read_json(&mut request.req).await?;
     let account = validate_registration(body).map_err(ApiError::validation_failed)?;
     let ctx = &request.ctx;
-    let limiter = limiter_namespace(ctx)?;
-    let ip_key = format!("register-ip:{}", ctx.client_ip);
+    let limiter = Limiter::from_env(&ctx.env)?;
+    let ip_key = LimitKey::register_ip(&ctx.client_ip);
     let policy = RateLimitPolicy::REGISTRATIONS_PER_IP;
-    refuse_if_limited(limiter_decision(&limiter, &ip_key, Action::Check, policy).await?)?;
+    refuse_if_limited(limiter.check(&ip_key, policy).await?)?;
 
     let user_id = new_id(prefix::USER, random_16()?);
     let outcome = ctx
@@ -233,11 +232,10 @@ async fn register(mut request: RouteRequest) -> Result<Response, ApiError> {
         .batch(registration_ops(&user_id, &account, &ctx.client_ip))
         .await;
     // Every attempt that reached the database counts, created or not.
-    if let Err(error) = limiter_decision(&limiter, &ip_key, Action::Record, policy).await {
+    if let Err(error) = limiter.record(&ip_key, policy).await {
         worker::console_error!(
-            "request {}: registration not counted: {}",
-            ctx.request_id,
-            error.code
+            "request {}: registration not counted: {error}",
+            ctx.request_id
         );
     }
     let results = match outcome {
@@ -304,31 +302,19 @@ fn login_credentials(body: LoginBody) -> Result<Credentials, FieldErrors> {
     }
 }
 
-/// The limiter key of an account: a hash of its normalised email, never the address.
-fn account_limiter_key(normalised_email: &str) -> String {
-    format!(
-        "login-account:{}",
-        hex::encode(Sha256::digest(normalised_email.as_bytes()))
-    )
-}
-
-fn ip_limiter_key(ip: &str) -> String {
-    format!("login-ip:{ip}")
-}
-
 async fn login(mut request: RouteRequest) -> Result<Response, ApiError> {
     let body: LoginBody = read_json(&mut request.req).await?;
     let credentials = login_credentials(body).map_err(ApiError::validation_failed)?;
     let ctx = &request.ctx;
-    let limiter = limiter_namespace(ctx)?;
+    let limiter = Limiter::from_env(&ctx.env)?;
     let ip_policy = ctx.config.login.per_ip;
     let account_policy = ctx.config.login.per_account;
-    let ip_key = ip_limiter_key(&ctx.client_ip);
-    let account_key = account_limiter_key(&credentials.email);
+    let ip_key = LimitKey::login_ip(&ctx.client_ip);
+    let account_key = LimitKey::login_account(&credentials.email);
 
     let (by_ip, by_account) = join(
-        limiter_decision(&limiter, &ip_key, Action::Check, ip_policy),
-        limiter_decision(&limiter, &account_key, Action::Check, account_policy),
+        limiter.check(&ip_key, ip_policy),
+        limiter.check(&account_key, account_policy),
     )
     .await;
     refuse_if_limited_any(by_ip?, by_account?)?;
@@ -347,8 +333,8 @@ async fn login(mut request: RouteRequest) -> Result<Response, ApiError> {
 
     let Some(result) = verified else {
         let (ip_recorded, account_recorded) = join(
-            limiter_decision(&limiter, &ip_key, Action::Record, ip_policy),
-            limiter_decision(&limiter, &account_key, Action::Record, account_policy),
+            limiter.record(&ip_key, ip_policy),
+            limiter.record(&account_key, account_policy),
         )
         .await;
         if ip_recorded.is_err() || account_recorded.is_err() {
@@ -356,13 +342,10 @@ async fn login(mut request: RouteRequest) -> Result<Response, ApiError> {
         }
         return Err(invalid_credentials());
     };
-    if limiter_decision(&limiter, &account_key, Action::Reset, account_policy)
-        .await
-        .is_err()
-    {
+    if let Err(error) = limiter.reset(&account_key, account_policy).await {
         // The counter then lifts at the end of its window; the login itself is fine.
         worker::console_error!(
-            "request {}: the account's failure counter was not reset",
+            "request {}: the account's failure counter was not reset: {error}",
             ctx.request_id
         );
     }
@@ -556,28 +539,6 @@ fn session_response(
     )
 }
 
-fn limiter_namespace(ctx: &RequestCtx) -> Result<ObjectNamespace, ApiError> {
-    ctx.env.durable_object("RATE_LIMITER").map_err(|error| {
-        worker::console_error!("RATE_LIMITER binding missing: {error}");
-        ApiError::internal()
-    })
-}
-
-/// Asks one limiter; a limiter that cannot answer fails the request closed.
-async fn limiter_decision(
-    namespace: &ObjectNamespace,
-    key: &str,
-    action: Action,
-    policy: RateLimitPolicy,
-) -> Result<Decision, ApiError> {
-    rate_limiter::ask(namespace, key, action, policy)
-        .await
-        .map_err(|error| {
-            worker::console_error!("rate limiter failed: {error}");
-            ApiError::dependency_unavailable("rate_limiter", "the rate limiter is unavailable")
-        })
-}
-
 fn refuse_if_limited(decision: Decision) -> Result<(), ApiError> {
     match decision {
         Decision::Allowed { .. } => Ok(()),
@@ -727,16 +688,6 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(errors.len(), 2);
-    }
-
-    #[test]
-    fn account_keys_hash_the_email() {
-        let key = account_limiter_key("ada@example.com");
-        assert!(key.starts_with("login-account:"));
-        assert!(!key.contains("ada"));
-        assert_eq!(key.len(), "login-account:".len() + 64);
-        assert_eq!(key, account_limiter_key("ada@example.com"));
-        assert_ne!(key, account_limiter_key("bob@example.com"));
     }
 
     #[test]
