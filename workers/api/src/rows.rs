@@ -57,6 +57,15 @@ pub fn int8(value: &Value) -> Option<i64> {
     }
 }
 
+/// A row from a JSON object, for tests.
+#[cfg(test)]
+pub(crate) fn row(value: Value) -> Row {
+    match value {
+        Value::Object(map) => map,
+        _ => panic!("test rows are objects"),
+    }
+}
+
 fn missing_row() -> ApiError {
     worker::console_error!("an operation that promises a row answered none");
     ApiError::internal()

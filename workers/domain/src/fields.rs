@@ -97,6 +97,30 @@ pub fn not_nullable() -> FieldError {
     )
 }
 
+/// A field that always has a value: absent keeps it, `null` is refused (`not_nullable`), anything
+/// else is `check`ed.
+fn never_null<T>(
+    errors: &mut FieldErrors,
+    field: &str,
+    input: Option<Value>,
+    check: impl FnOnce(Value) -> Result<T, FieldError>,
+) -> Change<T> {
+    match input {
+        None => Change::Keep,
+        Some(Value::Null) => {
+            errors.add(field, not_nullable());
+            Change::Keep
+        }
+        Some(value) => match check(value) {
+            Ok(value) => Change::Set(value),
+            Err(error) => {
+                errors.add(field, error);
+                Change::Keep
+            }
+        },
+    }
+}
+
 /// A text field that always has a value: `null` and blank strings are refused.
 pub fn required_text(
     errors: &mut FieldErrors,
@@ -104,24 +128,10 @@ pub fn required_text(
     input: Option<Value>,
     max_chars: usize,
 ) -> Change<String> {
-    match input {
-        None => Change::Keep,
-        Some(Value::Null) => {
-            errors.add(field, not_nullable());
-            Change::Keep
-        }
-        Some(Value::String(text)) => match bounded_text(&text, 1, max_chars) {
-            Ok(text) => Change::Set(text),
-            Err(error) => {
-                errors.add(field, error);
-                Change::Keep
-            }
-        },
-        Some(_) => {
-            errors.add(field, invalid_type("a string"));
-            Change::Keep
-        }
-    }
+    never_null(errors, field, input, |value| match value {
+        Value::String(text) => bounded_text(&text, 1, max_chars).map_err(FieldError::from),
+        _ => Err(invalid_type("a string")),
+    })
 }
 
 /// A text field that may be empty: `null` and blank strings clear it.
@@ -149,19 +159,11 @@ pub fn optional_text(
     }
 }
 
+/// `true` or `false`; `null` is refused.
 pub fn boolean(errors: &mut FieldErrors, field: &str, input: Option<Value>) -> Change<bool> {
-    match input {
-        None => Change::Keep,
-        Some(Value::Bool(flag)) => Change::Set(flag),
-        Some(Value::Null) => {
-            errors.add(field, not_nullable());
-            Change::Keep
-        }
-        Some(_) => {
-            errors.add(field, invalid_type("true or false"));
-            Change::Keep
-        }
-    }
+    never_null(errors, field, input, |value| {
+        value.as_bool().ok_or_else(|| invalid_type("true or false"))
+    })
 }
 
 /// A whole number in `range` (inclusive); `null` is refused.
@@ -171,34 +173,15 @@ pub fn integer(
     input: Option<Value>,
     range: (i64, i64),
 ) -> Change<i64> {
-    match input {
-        None => Change::Keep,
-        Some(Value::Null) => {
-            errors.add(field, not_nullable());
-            Change::Keep
+    never_null(errors, field, input, |value| match value.as_i64() {
+        Some(n) if (range.0..=range.1).contains(&n) => Ok(n),
+        Some(_) => Err(ValidationError::OutOfRange {
+            min: range.0,
+            max: range.1,
         }
-        Some(Value::Number(number)) => match number.as_i64() {
-            Some(n) if (range.0..=range.1).contains(&n) => Change::Set(n),
-            Some(_) => {
-                errors.add(
-                    field,
-                    ValidationError::OutOfRange {
-                        min: range.0,
-                        max: range.1,
-                    },
-                );
-                Change::Keep
-            }
-            None => {
-                errors.add(field, invalid_type("a whole number"));
-                Change::Keep
-            }
-        },
-        Some(_) => {
-            errors.add(field, invalid_type("a whole number"));
-            Change::Keep
-        }
-    }
+        .into()),
+        None => Err(invalid_type("a whole number")),
+    })
 }
 
 /// A number in `range` (inclusive); `null` is refused.
@@ -208,24 +191,13 @@ pub fn number(
     input: Option<Value>,
     range: (f64, f64),
 ) -> Change<f64> {
-    match input {
-        None => Change::Keep,
-        Some(Value::Null) => {
-            errors.add(field, not_nullable());
-            Change::Keep
-        }
-        Some(Value::Number(number)) => match number.as_f64() {
-            Some(n) if (range.0..=range.1).contains(&n) => Change::Set(n),
-            _ => {
-                errors.add(field, out_of_range(range));
-                Change::Keep
-            }
-        },
-        Some(_) => {
-            errors.add(field, invalid_type("a number"));
-            Change::Keep
-        }
-    }
+    never_null(errors, field, input, |value| match value {
+        Value::Number(number) => number
+            .as_f64()
+            .filter(|n| (range.0..=range.1).contains(n))
+            .ok_or_else(|| out_of_range(range)),
+        _ => Err(invalid_type("a number")),
+    })
 }
 
 pub fn out_of_range((min, max): (f64, f64)) -> FieldError {
@@ -247,28 +219,14 @@ pub fn is_slug(candidate: &str) -> bool {
 
 /// A slug-valued field; `null` is refused (callers that allow it handle `null` first).
 pub fn slug(errors: &mut FieldErrors, field: &str, input: Option<Value>) -> Change<String> {
-    match input {
-        None => Change::Keep,
-        Some(Value::String(text)) if is_slug(&text) => Change::Set(text),
-        Some(Value::String(_)) => {
-            errors.add(
-                field,
-                FieldError::new(
-                    "invalid_format",
-                    "must be 2 to 63 characters of a-z, 0-9, '_' and '-', starting with a letter or digit",
-                ),
-            );
-            Change::Keep
-        }
-        Some(Value::Null) => {
-            errors.add(field, not_nullable());
-            Change::Keep
-        }
-        Some(_) => {
-            errors.add(field, invalid_type("a string"));
-            Change::Keep
-        }
-    }
+    never_null(errors, field, input, |value| match value {
+        Value::String(text) if is_slug(&text) => Ok(text),
+        Value::String(_) => Err(FieldError::new(
+            "invalid_format",
+            "must be 2 to 63 characters of a-z, 0-9, '_' and '-', starting with a letter or digit",
+        )),
+        _ => Err(invalid_type("a string")),
+    })
 }
 
 pub fn parse_query_bool(value: &str) -> Option<bool> {

@@ -137,27 +137,14 @@ pub fn persona_params(
 ) -> Result<Map<String, Value>, FieldErrors> {
     let mut errors = FieldErrors::new();
     let mut patch = Patch::default();
-    match (intent, body.id) {
-        (Intent::Create, id) => patch.put("id", slug(&mut errors, "id", id).map(Value::String)),
-        (Intent::Update, Some(_)) => {
-            errors.add(
-                "id",
-                FieldError::new("read_only", "is the path of the persona and cannot change"),
-            );
-        }
-        (Intent::Update, None) => {}
-    }
-    let name = required_text(&mut errors, "name", body.name, NAME_MAX_CHARS);
-    patch.put("name", name.map(Value::String));
-    let description = optional_text(
+    id_field(&mut errors, &mut patch, intent, body.id, "persona");
+    listing_fields(
         &mut errors,
-        "description",
+        &mut patch,
+        body.name,
         body.description,
-        DESCRIPTION_MAX_CHARS,
+        body.category,
     );
-    patch.put("description", description.map(Value::String));
-    let category = optional_text(&mut errors, "category", body.category, CATEGORY_MAX_CHARS);
-    patch.put("category", category.map(Value::String));
     patch.put(
         "avatar_url",
         avatar_url(&mut errors, "avatar_url", body.avatar_url).map(Value::String),
@@ -210,11 +197,7 @@ pub fn persona_params(
         "is_active",
         boolean(&mut errors, "is_active", body.is_active).map(Value::Bool),
     );
-    if intent == Intent::Create {
-        require(&mut errors, &patch, &["id", "name", "core_system_prompt"]);
-    }
-    errors.into_result()?;
-    Ok(patch.into_params(intent == Intent::Update))
+    finish(errors, patch, intent, &["id", "name", "core_system_prompt"])
 }
 
 /// The body of `POST /api/admin/templates` and `PUT /api/admin/templates/{id}`. On create, `id`,
@@ -252,29 +235,14 @@ pub fn template_params(
 ) -> Result<Map<String, Value>, FieldErrors> {
     let mut errors = FieldErrors::new();
     let mut patch = Patch::default();
-    match (intent, body.id) {
-        (Intent::Create, id) => patch.put("id", slug(&mut errors, "id", id).map(Value::String)),
-        (Intent::Update, Some(_)) => {
-            errors.add(
-                "id",
-                FieldError::new("read_only", "is the path of the template and cannot change"),
-            );
-        }
-        (Intent::Update, None) => {}
-    }
-    patch.put(
-        "name",
-        required_text(&mut errors, "name", body.name, NAME_MAX_CHARS).map(Value::String),
-    );
-    let description = optional_text(
+    id_field(&mut errors, &mut patch, intent, body.id, "template");
+    listing_fields(
         &mut errors,
-        "description",
+        &mut patch,
+        body.name,
         body.description,
-        DESCRIPTION_MAX_CHARS,
+        body.category,
     );
-    patch.put("description", description.map(Value::String));
-    let category = optional_text(&mut errors, "category", body.category, CATEGORY_MAX_CHARS);
-    patch.put("category", category.map(Value::String));
     let persona_id = match body.persona_id {
         Some(Value::Null) => Change::Clear,
         other => slug(&mut errors, "persona_id", other),
@@ -309,12 +277,62 @@ pub fn template_params(
         "is_active",
         boolean(&mut errors, "is_active", body.is_active).map(Value::Bool),
     );
+    finish(
+        errors,
+        patch,
+        intent,
+        &["id", "name", "system_prompt_addition"],
+    )
+}
+
+/// The `id` of a persona or template (`item`): a slug on create; on update the path names the
+/// item, so an `id` in the body is refused.
+fn id_field(
+    errors: &mut FieldErrors,
+    patch: &mut Patch,
+    intent: Intent,
+    id: Option<Value>,
+    item: &str,
+) {
+    match (intent, id) {
+        (Intent::Create, id) => patch.put("id", slug(errors, "id", id).map(Value::String)),
+        (Intent::Update, Some(_)) => errors.add(
+            "id",
+            FieldError::new(
+                "read_only",
+                format!("is the path of the {item} and cannot change"),
+            ),
+        ),
+        (Intent::Update, None) => {}
+    }
+}
+
+/// `name`, `description` and `category`, which personas and templates share.
+fn listing_fields(
+    errors: &mut FieldErrors,
+    patch: &mut Patch,
+    name: Option<Value>,
+    description: Option<Value>,
+    category: Option<Value>,
+) {
+    let name = required_text(errors, "name", name, NAME_MAX_CHARS);
+    patch.put("name", name.map(Value::String));
+    let description = optional_text(errors, "description", description, DESCRIPTION_MAX_CHARS);
+    patch.put("description", description.map(Value::String));
+    let category = optional_text(errors, "category", category, CATEGORY_MAX_CHARS);
+    patch.put("category", category.map(Value::String));
+}
+
+/// The parameters, or every error: a create needs its `required` fields, an update carries
+/// `set_fields`.
+fn finish(
+    mut errors: FieldErrors,
+    patch: Patch,
+    intent: Intent,
+    required: &[&str],
+) -> Result<Map<String, Value>, FieldErrors> {
     if intent == Intent::Create {
-        require(
-            &mut errors,
-            &patch,
-            &["id", "name", "system_prompt_addition"],
-        );
+        require(&mut errors, &patch, required);
     }
     errors.into_result()?;
     Ok(patch.into_params(intent == Intent::Update))

@@ -46,6 +46,16 @@ pub struct StripeEventData {
     pub object: Value,
 }
 
+impl StripeEvent {
+    pub fn new(id: impl Into<String>, kind: impl Into<String>, object: Value) -> Self {
+        Self {
+            id: id.into(),
+            kind: kind.into(),
+            data: StripeEventData { object },
+        }
+    }
+}
+
 /// Why a (genuinely signed) body is not an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum StripeEventError {
@@ -284,11 +294,7 @@ mod tests {
     use super::*;
 
     fn event(kind: &str, object: Value) -> StripeEvent {
-        StripeEvent {
-            id: "evt_1".to_owned(),
-            kind: kind.to_owned(),
-            data: StripeEventData { object },
-        }
+        StripeEvent::new("evt_1", kind, object)
     }
 
     #[test]

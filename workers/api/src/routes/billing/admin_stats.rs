@@ -96,13 +96,7 @@ fn numbers_as_json(row: &Map<String, Value>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn row(value: Value) -> Map<String, Value> {
-        match value {
-            Value::Object(map) => map,
-            _ => panic!("test rows are objects"),
-        }
-    }
+    use crate::rows::row;
 
     #[test]
     fn admin_stats_put_the_five_reports_together() {

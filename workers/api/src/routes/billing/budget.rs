@@ -134,13 +134,7 @@ fn budget_body(settings: &BudgetSettings, updated_at: Option<&Value>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn row(value: Value) -> Map<String, Value> {
-        match value {
-            Value::Object(map) => map,
-            _ => panic!("test rows are objects"),
-        }
-    }
+    use crate::rows::row;
 
     #[test]
     fn budget_bodies_need_every_field_with_its_type_and_the_domain_rules() {

@@ -236,13 +236,7 @@ fn transactions_body(result: OpResult, limit: u32) -> Result<Value, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn row(value: Value) -> Map<String, Value> {
-        match value {
-            Value::Object(map) => map,
-            _ => panic!("test rows are objects"),
-        }
-    }
+    use crate::rows::row;
 
     #[test]
     fn credits_of_a_new_user_are_the_free_tier_defaults() {

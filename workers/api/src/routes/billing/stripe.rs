@@ -243,16 +243,10 @@ fn invalid_signature() -> ApiError {
 
 #[cfg(test)]
 mod tests {
-    use callmeback_domain::stripe_events::StripeEventData;
-
     use super::*;
 
     fn event(kind: &str, object: Value) -> StripeEvent {
-        StripeEvent {
-            id: "evt_1".to_owned(),
-            kind: kind.to_owned(),
-            data: StripeEventData { object },
-        }
+        StripeEvent::new("evt_1", kind, object)
     }
 
     fn ignore(reason: &'static str) -> StripeAction {

@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 use worker::Response;
 
 use super::{
-    is_precondition_failed, persona_not_found, refine_conflict, refine_unknown_persona, single_row,
+    persona_not_found, refine_conflict, refine_not_found, refine_unknown_persona, single_row,
     template_not_found,
 };
 use crate::ctx::read_json;
@@ -40,13 +40,7 @@ pub(super) async fn update_persona(mut request: RouteRequest) -> Result<Response
     let op = Catalogue::Persona.update_op(&id, params);
     let result = authed_call(&request.ctx, request.session()?, op)
         .await
-        .map_err(|error| {
-            if is_precondition_failed(&error) {
-                persona_not_found()
-            } else {
-                error
-            }
-        })?;
+        .map_err(|error| refine_not_found(error, persona_not_found))?;
     json_response(200, &json!({ "persona": single_row(result)? }))
 }
 
@@ -76,14 +70,11 @@ pub(super) async fn update_template(mut request: RouteRequest) -> Result<Respons
     let result = authed_call(&request.ctx, request.session()?, op)
         .await
         .map_err(|error| {
-            if is_precondition_failed(&error) {
-                template_not_found()
-            } else {
-                refine_unknown_persona(refine_conflict(
-                    error,
-                    "a template with this name already exists",
-                ))
-            }
+            let error = refine_not_found(error, template_not_found);
+            refine_unknown_persona(refine_conflict(
+                error,
+                "a template with this name already exists",
+            ))
         })?;
     json_response(200, &json!({ "template": single_row(result)? }))
 }
@@ -175,13 +166,7 @@ pub(super) async fn deactivate(
         catalogue.deactivate_op(id),
     )
     .await
-    .map_err(|error| {
-        if is_precondition_failed(&error) {
-            catalogue.not_found()
-        } else {
-            error
-        }
-    })?;
+    .map_err(|error| refine_not_found(error, || catalogue.not_found()))?;
     Ok(Response::empty()?.with_status(204))
 }
 

@@ -6,7 +6,7 @@ use callmeback_gateway_api::ops::personas;
 use serde_json::json;
 use worker::Response;
 
-use super::{is_precondition_failed, persona_not_found, single_row};
+use super::{persona_not_found, refine_not_found, single_row};
 use crate::error::ApiError;
 use crate::routes::{RouteRequest, json_response};
 use crate::rows;
@@ -32,13 +32,7 @@ pub(super) async fn get_persona(request: RouteRequest) -> Result<Response, ApiEr
         .call(&op)
         .await
         .map_err(ApiError::from)
-        .map_err(|error| {
-            if is_precondition_failed(&error) {
-                persona_not_found()
-            } else {
-                error
-            }
-        })?;
+        .map_err(|error| refine_not_found(error, persona_not_found))?;
     let persona = single_row(result)?;
     json_response(200, &json!({ "persona": persona }))
 }

@@ -177,8 +177,12 @@ fn template_not_found() -> ApiError {
 
 /// The session guards turn their own failures into 401/403, so a `precondition_failed` that
 /// reaches a route came from the route's operation: its row was not there.
-fn is_precondition_failed(error: &ApiError) -> bool {
-    error.code == "precondition_failed"
+fn refine_not_found(error: ApiError, not_found: impl FnOnce() -> ApiError) -> ApiError {
+    if error.code == "precondition_failed" {
+        not_found()
+    } else {
+        error
+    }
 }
 
 fn refine_conflict(error: ApiError, message: &str) -> ApiError {

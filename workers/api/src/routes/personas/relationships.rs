@@ -10,7 +10,7 @@ use callmeback_gateway_api::ops::personas;
 use serde_json::{Map, Value, json};
 use worker::Response;
 
-use super::{is_precondition_failed, persona_not_found};
+use super::{persona_not_found, refine_not_found};
 use crate::ctx::read_json;
 use crate::error::ApiError;
 use crate::routes::{RouteRequest, json_response, random_16};
@@ -64,13 +64,7 @@ pub(super) async fn put(mut request: RouteRequest) -> Result<Response, ApiError>
     let op = upsert_op(&id, session.user_id(), &persona_id, params);
     let result = authed_call(&request.ctx, session, op)
         .await
-        .map_err(|error| {
-            if is_precondition_failed(&error) {
-                persona_not_found()
-            } else {
-                error
-            }
-        })?;
+        .map_err(|error| refine_not_found(error, persona_not_found))?;
     let row = rows::first_row(&result)?;
     json_response(200, &json!({ "relationship": relationship_json(row)? }))
 }
