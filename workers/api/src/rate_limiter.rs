@@ -9,7 +9,7 @@
 //! Protocol (internal; only the Worker calls it): `POST /` with
 //! `{"action": "check" | "record" | "reset" | "take" | "release", "policy": {"max_events",
 //! "window_secs"}, "at"?}`, answered with a [`Take`](callmeback_domain::Take) for `take` and a
-//! [`Decision`](callmeback_domain::Decision) for everything else.
+//! `Decision` for everything else.
 
 use std::cell::RefCell;
 use std::time::Duration;

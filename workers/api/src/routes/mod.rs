@@ -4,7 +4,13 @@
 //! handles them in its `handle` function. Keeping routes as data lets one place do what every route
 //! needs (CORS, method checks, authentication, JSON errors) and lets a test check the OpenAPI
 //! document against the router. Handlers return `Result<Response, ApiError>`; [`dispatch`] renders
-//! errors as JSON, so no route can answer with an HTML error page or a bare 500.
+//! errors as JSON, so no route can answer with an HTML error page or a bare 500. A handler gets a
+//! [`RouteRequest`]: the context, the request, its path parameters and (for `User`/`Admin`
+//! routes) the verified session.
+//!
+//! Services: `health`, `meta` (the OpenAPI document), `auth`, `personas/` (catalogue,
+//! relationships, admin) and `billing/` (credits, budget, stripe, admin_stats); the two larger
+//! services are directories with one module per sub-resource and the route table in `mod.rs`.
 
 mod auth;
 mod billing;

@@ -150,7 +150,7 @@ impl OpSpec {
 }
 
 /// Every operation production serves (operations and procedures), by domain. The benchmark-only
-/// [`bench`] operations are not in it.
+/// [`bench`](mod@bench) operations are not in it.
 pub static ALL: &[&OpSpec] = &[
     &system::PING,
     &system::SCHEMA_VERSION,
