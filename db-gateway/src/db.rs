@@ -23,9 +23,9 @@ use tokio_postgres::{NoTls, Row, Statement};
 
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::ops::encode::ColumnCodec;
-use crate::ops::params::BoundParam;
-use crate::ops::{DEFAULT_STATEMENT_TIMEOUT_MS, Expect, Mode, OpDef};
+use crate::statement::encode::ColumnCodec;
+use crate::statement::params::BoundParam;
+use crate::statement::{DEFAULT_STATEMENT_TIMEOUT_MS, Expect, Mode, OpDef};
 
 /// A transaction left open this long (a stuck client of ours) is ended by Postgres.
 const IDLE_IN_TRANSACTION_TIMEOUT_MS: u32 = 30_000;
@@ -221,7 +221,7 @@ impl PreparedRead {
         let statement = Conn::Shared(client)
             .prepare_cached(op.sql)
             .await
-            .map_err(|error| ApiError::from_postgres(&error, op.name))?;
+            .map_err(|error| ApiError::from_postgres(&error, op.name()))?;
         let codecs = column_codecs(op, &statement)?;
         Ok(Self { statement, codecs })
     }
@@ -260,13 +260,13 @@ pub(crate) async fn run_single(
         .read_only(op.mode == Mode::Read)
         .start()
         .await
-        .map_err(|error| ApiError::from_postgres(&error, op.name))?;
+        .map_err(|error| ApiError::from_postgres(&error, op.name()))?;
     set_local_timeout(&transaction, op).await?;
     let output = run_op(&Conn::Tx(&transaction), op, params).await?;
     transaction
         .commit()
         .await
-        .map_err(|error| ApiError::from_postgres(&error, op.name))?;
+        .map_err(|error| ApiError::from_postgres(&error, op.name()))?;
     Ok(output)
 }
 
@@ -281,7 +281,7 @@ pub(crate) async fn run_on_client(
     if op.statement_timeout_ms != DEFAULT_STATEMENT_TIMEOUT_MS {
         return Err(ApiError::Internal(format!(
             "procedure statement `{}` needs the default statement timeout",
-            op.name
+            op.name()
         )));
     }
     run_op(&Conn::Plain(client), op, params).await
@@ -334,7 +334,7 @@ async fn set_local_timeout(
             op.statement_timeout_ms
         ))
         .await
-        .map_err(|error| ApiError::from_postgres(&error, op.name))
+        .map_err(|error| ApiError::from_postgres(&error, op.name()))
 }
 
 async fn run_op(
@@ -345,7 +345,7 @@ async fn run_op(
     let statement = conn
         .prepare_cached(op.sql)
         .await
-        .map_err(|error| ApiError::from_postgres(&error, op.name))?;
+        .map_err(|error| ApiError::from_postgres(&error, op.name()))?;
     let codecs = column_codecs(op, &statement)?;
     execute(conn, op, &statement, &codecs, params).await
 }
@@ -359,7 +359,7 @@ fn column_codecs(op: &OpDef, statement: &Statement) -> Result<Box<[ColumnCodec]>
             ColumnCodec::for_type(column.type_()).ok_or_else(|| {
                 ApiError::Internal(format!(
                     "operation `{}` column `{}` has unsupported type {}",
-                    op.name,
+                    op.name(),
                     column.name(),
                     column.type_()
                 ))
@@ -377,7 +377,7 @@ async fn execute(
     codecs: &[ColumnCodec],
     params: &[BoundParam<'_>],
 ) -> Result<OpOutput, ApiError> {
-    let pg_error = |error: tokio_postgres::Error| ApiError::from_postgres(&error, op.name);
+    let pg_error = |error: tokio_postgres::Error| ApiError::from_postgres(&error, op.name());
     let params: Vec<&(dyn ToSql + Sync)> = params
         .iter()
         .map(|param| param as &(dyn ToSql + Sync))
@@ -405,7 +405,7 @@ async fn execute(
             .map_err(|error| {
                 ApiError::Internal(format!(
                     "operation `{}` returned an undecodable value: {error}",
-                    op.name
+                    op.name()
                 ))
             })?;
         OpOutput {

@@ -20,11 +20,10 @@ use std::path::Path;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use callmeback_gateway_api::ops::system;
 use callmeback_signing::Key;
 use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
-
-use crate::ops::system;
 
 /// Shortest secret accepted: HMAC-SHA256 keys shorter than the hash add no strength, and
 /// `gen-key` produces exactly this many random bytes.
@@ -102,7 +101,7 @@ impl Scopes {
     /// Whether the scopes cover `op` (`system.ping` is always allowed; see the module docs).
     pub fn allows(&self, op: &str) -> bool {
         self.everything
-            || op == system::PING
+            || op == system::PING.name
             || self.exact.iter().any(|exact| exact == op)
             || self
                 .prefixes
@@ -269,8 +268,8 @@ mod tests {
     #[test]
     fn every_key_may_ping() {
         let nothing = Scopes::parse([]).unwrap();
-        assert!(nothing.allows(system::PING));
-        assert!(!nothing.allows(system::SCHEMA_VERSION));
+        assert!(nothing.allows(system::PING.name));
+        assert!(!nothing.allows(system::SCHEMA_VERSION.name));
     }
 
     #[test]

@@ -8,7 +8,10 @@
 //! - [`config`]: environment → [`Config`].
 //! - [`keys`]: the keys file, key rotation and scopes.
 //! - [`nonce`]: replay protection.
-//! - [`ops`]: the operation registry, parameter binding and result encoding.
+//! - [`statement`]: what one operation is ([`statement::OpDef`]), how its parameters bind and its
+//!   result columns encode; the leaf below `db` and `ops`.
+//! - [`ops`]: the operation registry (SQL for every operation of
+//!   `callmeback_gateway_api::ops::ALL`) and the procedures.
 //! - [`migrate`]: the schema migrator.
 //! - [`db`]: pool construction and running operations (single and batch).
 //! - [`pipeline`]: single reads pipelined on a few shared connections.
@@ -30,6 +33,7 @@ pub mod nonce;
 pub mod ops;
 pub mod pipeline;
 pub mod startup;
+pub mod statement;
 pub mod telemetry;
 
 pub use config::Config;

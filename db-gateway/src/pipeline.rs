@@ -42,8 +42,9 @@ use tokio_postgres::NoTls;
 use crate::config::Config;
 use crate::db::{OpOutput, PreparedRead, session_config};
 use crate::error::ApiError;
-use crate::ops::params::BoundParam;
-use crate::ops::{OpDef, Registry};
+use crate::ops::Registry;
+use crate::statement::OpDef;
+use crate::statement::params::BoundParam;
 
 /// `application_name` of shared connections (unless `DATABASE_URL` sets one), which tells
 /// them apart from pooled ones in `pg_stat_activity`.
@@ -341,7 +342,7 @@ impl Inner {
                     let _ = shared.statements[index].set(prepared);
                 }
                 Err(error) => {
-                    tracing::debug!(op = op.name, %error, "statement not prepared yet; preparing on first use");
+                    tracing::debug!(op = op.name(), %error, "statement not prepared yet; preparing on first use");
                 }
             }
         }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::serve::ListenerExt as _;
+use callmeback_gateway_api::ops::bench;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -15,7 +16,7 @@ use crate::keys::{KeyFileError, KeyRing};
 use crate::metrics::GatewayMetrics;
 use crate::migrate::{self, MigrateError, MigrationReport, Migrator};
 use crate::nonce::NonceCache;
-use crate::ops::{Registry, RegistryError, bench};
+use crate::ops::{Registry, RegistryError};
 use crate::pipeline::SharedReads;
 
 /// Upper bound on remembered nonces (20-40 bytes each, so at most ~160 MB). A nonce is kept
@@ -91,7 +92,7 @@ impl Application {
                 .map_err(|error| StartupError::Database(error.to_string()))?;
             // Benchmark tables only exist after `pgbench -i`, which may run after startup.
             registry
-                .verify(&client, |op| !op.name.starts_with(bench::PREFIX))
+                .verify(&client, |op| !bench::ALL.contains(&op.spec))
                 .await?;
         }
 

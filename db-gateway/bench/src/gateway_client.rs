@@ -14,6 +14,7 @@ use anyhow::{Context as _, anyhow, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD as BASE64, URL_SAFE_NO_PAD};
 use bytes::Bytes;
+use callmeback_gateway_api::ops::bench;
 use callmeback_gateway_api::{ErrorBody, OP_PATH, OpCall, OpResult};
 use callmeback_signing::{
     CONTENT_DIGEST_HEADER, Key, SIGNATURE_HEADER, SIGNATURE_INPUT_HEADER, sign_request,
@@ -28,9 +29,6 @@ use serde_json::Value;
 
 use crate::config::GatewayEndpoint;
 use crate::targets::Target;
-
-/// The benchmark operation db-gateway registers under `GATEWAY_BENCH_OPS=1`.
-pub(crate) const BENCH_OP: &str = "bench.account_balance";
 
 /// Where the gateway listens and the key to sign with.
 pub(crate) struct GatewayTarget {
@@ -148,7 +146,7 @@ impl GatewayConnection {
             .target
             .gateway()
             .ok_or_else(|| anyhow!("invariant: a gateway connection needs a gateway target"))?;
-        let body = serde_json::to_vec(&OpCall::new(BENCH_OP).param("aid", aid))?;
+        let body = serde_json::to_vec(&OpCall::of(&bench::ACCOUNT_BALANCE).param("aid", aid))?;
         self.sent += 1;
         let nonce = format!("{}-{}", self.nonce_prefix, self.sent);
         let created = SystemTime::now()

@@ -26,9 +26,9 @@ use super::auth::SignedBody;
 use super::observe::{OpLabel, RequestOutcome};
 use crate::error::ApiError;
 use crate::ops::RegisteredOp;
-use crate::ops::params::{bind, bind_declared};
 use crate::ops::password::hash_new_passwords;
 use crate::pipeline::SharedRead;
+use crate::statement::params::{bind, bind_declared};
 use crate::{MAX_BATCH_OPS, db};
 
 /// Longest unknown operation name echoed back in an error.
@@ -57,16 +57,16 @@ async fn run_single(
 ) -> Result<Vec<u8>, ApiError> {
     let call: OpCall = parse_body(&signed.body, "OpCall")?;
     if let Some(procedure) = state.registry.procedure(&call.op) {
-        outcome.op = OpLabel::Single(procedure.name);
-        authorize(state, &signed.key_id, procedure.name)?;
-        let params = bind_declared(procedure.params, &call.params)
+        outcome.op = OpLabel::Single(procedure.name());
+        authorize(state, &signed.key_id, procedure.name())?;
+        let params = bind_declared(procedure.params(), &call.params)
             .map_err(|error| ApiError::InvalidParams(error.to_string()))?;
         let output = (procedure.run)(&state.pool, &params).await?;
         return to_json(&output);
     }
     let RegisteredOp { def: op, index } = resolve(state, &call.op)?;
-    outcome.op = OpLabel::Single(op.name);
-    authorize(state, &signed.key_id, op.name)?;
+    outcome.op = OpLabel::Single(op.name());
+    authorize(state, &signed.key_id, op.name())?;
     let mut params =
         bind(op, &call.params).map_err(|error| ApiError::InvalidParams(error.to_string()))?;
     hash_new_passwords(&mut params).await?;
@@ -109,9 +109,9 @@ async fn run_batch(
             .map_err(|error| error.at(index))?
             .def;
         if let OpLabel::Batch(names) = &mut outcome.op {
-            names.push(op.name);
+            names.push(op.name());
         }
-        authorize(state, &signed.key_id, op.name).map_err(|error| error.at(index))?;
+        authorize(state, &signed.key_id, op.name()).map_err(|error| error.at(index))?;
         let params = bind(op, &call.params)
             .map_err(|error| ApiError::InvalidParams(error.to_string()).at(index))?;
         calls.push((op, params));

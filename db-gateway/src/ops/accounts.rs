@@ -3,124 +3,80 @@
 //!
 //! Passwords are the reason this module is more than SQL. A new password arrives as a
 //! [`ParamType::NewPassword`] and is stored as its Argon2id hash (the plaintext is never bound).
-//! Login is the [`LOGIN`] procedure, because checking a password needs the stored hash, and the
-//! hash must never leave the gateway: the procedure loads it, verifies it in Rust, upgrades a
+//! Login is the `accounts.login` procedure, because checking a password needs the stored hash, and
+//! the hash must never leave the gateway: the procedure loads it, verifies it in Rust, upgrades a
 //! legacy bcrypt hash (or an Argon2id hash with outdated parameters) on the same successful
 //! login, and answers with the user row. Every failure, whether unknown email, wrong password or
 //! deactivated account, is the same `precondition_failed` with one message, after the same work
 //! (an unknown email is verified against a dummy hash), and it leaves a `login_failure` row in
 //! `audit_log` that names the account (never the email) when there is one.
 //!
-//! Registration is a batch the Worker sends: [`CREATE_USER`], [`CREATE_CREDITS`],
-//! [`CREATE_BUDGET_SETTINGS`] and an [`AUDIT`] row, all or nothing. The tier limits and budget
+//! Registration is a batch the Worker sends: `accounts.create_user`, `accounts.create_credits`,
+//! `accounts.create_budget_settings` and an `accounts.audit` row, all or nothing. The tier limits and budget
 //! defaults come from the Worker (callmeback-domain is their one source), not from column
 //! defaults here.
 
 use serde_json::Value;
 
-use super::params::{BoundParam, Plaintext};
 use super::password::{self, Verdict};
+use callmeback_gateway_api::ops::accounts as spec;
+
 use super::{
-    DEFAULT_STATEMENT_TIMEOUT_MS, Expect, Mode, OpDef, Param, ParamType, ProcedureDef,
+    DEFAULT_STATEMENT_TIMEOUT_MS, Expect, Mode, OpDef, OpSpec, ParamSpec, ParamType, ProcedureDef,
     ProcedureFuture,
 };
 use crate::db::{self, OpOutput};
 use crate::error::ApiError;
-
-/// Operation: insert a user; `password` is a [`ParamType::NewPassword`] (stored as Argon2id).
-pub const CREATE_USER: &str = "accounts.create_user";
-/// Operation: a new user's `user_credits` row with their tier's limits.
-pub const CREATE_CREDITS: &str = "accounts.create_credits";
-/// Operation: a new user's `user_budget_settings` row.
-pub const CREATE_BUDGET_SETTINGS: &str = "accounts.create_budget_settings";
-/// Operation: one security event in `audit_log` (never secrets in `details`).
-pub const AUDIT: &str = "accounts.audit";
-/// Operation: a user's profile and credit summary.
-pub const GET_USER: &str = "accounts.get_user";
-/// Operation: revoke a session token (its `jti`) until it expires.
-pub const REVOKE_TOKEN: &str = "accounts.revoke_token";
-/// Operation: change a user's role, recording `role_change` in the same statement.
-pub const SET_ROLE: &str = "accounts.set_role";
-/// Procedure: verify an email and password; see the module docs.
-pub const LOGIN: &str = "accounts.login";
+use crate::statement::params::{BoundParam, Plaintext};
 
 /// The one answer for every failed login.
 pub const INVALID_CREDENTIALS: &str = "invalid email or password";
 
 pub static OPS: &[OpDef] = &[
     OpDef {
-        name: CREATE_USER,
+        spec: &spec::CREATE_USER,
         sql: "INSERT INTO users (id, email, password_hash, name, phone) \
               VALUES ($1, lower($2), $3, $4, $5) \
               RETURNING id, email, name, phone, role, created_at, last_login_at",
-        params: &[
-            Param::required("id", ParamType::Text),
-            Param::required("email", ParamType::Text),
-            Param::required("password", ParamType::NewPassword),
-            Param::optional("name", ParamType::Text),
-            Param::optional("phone", ParamType::Text),
-        ],
         mode: Mode::Write,
         expect: Expect::Any,
         statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
     },
     OpDef {
-        name: CREATE_CREDITS,
+        spec: &spec::CREATE_CREDITS,
         sql: "INSERT INTO user_credits (user_id, subscription_tier, monthly_credit_allowance, \
                   max_calls_per_day, max_call_duration_seconds) \
               VALUES ($1, $2, $3, $4, $5) \
               RETURNING user_id, available_credits, subscription_tier, monthly_credit_allowance, \
                   max_calls_per_day, max_call_duration_seconds",
-        params: &[
-            Param::required("user_id", ParamType::Text),
-            Param::required("tier", ParamType::Text),
-            Param::required("monthly_credit_allowance", ParamType::Int4),
-            // NULL: no daily limit.
-            Param::optional("max_calls_per_day", ParamType::Int4),
-            Param::required("max_call_duration_seconds", ParamType::Int4),
-        ],
         mode: Mode::Write,
         expect: Expect::Any,
         statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
     },
     OpDef {
-        name: CREATE_BUDGET_SETTINGS,
+        spec: &spec::CREATE_BUDGET_SETTINGS,
         sql: "INSERT INTO user_budget_settings (user_id, max_cost_per_call_cents, \
                   max_monthly_spend_cents, warn_at_percent_per_call, enable_auto_cutoff) \
               VALUES ($1, $2, $3, $4, $5) \
               RETURNING user_id, max_cost_per_call_cents, max_monthly_spend_cents, \
                   warn_at_percent_per_call, enable_auto_cutoff",
-        params: &[
-            Param::required("user_id", ParamType::Text),
-            Param::required("max_cost_per_call_cents", ParamType::Int4),
-            Param::required("max_monthly_spend_cents", ParamType::Int4),
-            Param::required("warn_at_percent_per_call", ParamType::Int4),
-            Param::required("enable_auto_cutoff", ParamType::Bool),
-        ],
         mode: Mode::Write,
         expect: Expect::Any,
         statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
     },
     OpDef {
-        name: AUDIT,
+        spec: &spec::AUDIT,
         sql: "INSERT INTO audit_log (event_type, user_id, ip, details) \
               VALUES ($1, $2, $3, COALESCE($4, '{}'::jsonb)) RETURNING id",
-        params: &[
-            Param::required("event_type", ParamType::Text),
-            Param::optional("user_id", ParamType::Text),
-            Param::optional("ip", ParamType::Text),
-            Param::optional("details", ParamType::Jsonb),
-        ],
         mode: Mode::Write,
         expect: Expect::Any,
         statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
     },
     OpDef {
-        name: GET_USER,
+        spec: &spec::GET_USER,
         sql: "SELECT u.id, u.email, u.name, u.phone, u.role, u.created_at, u.last_login_at, \
                   c.subscription_tier, c.available_credits \
               FROM users u LEFT JOIN user_credits c ON c.user_id = u.id WHERE u.id = $1",
-        params: &[Param::required("user_id", ParamType::Text)],
         mode: Mode::Read,
         expect: Expect::One {
             message: "user not found",
@@ -128,22 +84,16 @@ pub static OPS: &[OpDef] = &[
         statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
     },
     OpDef {
-        name: REVOKE_TOKEN,
+        spec: &spec::REVOKE_TOKEN,
         // Revoking twice is harmless; the first revocation's expiry stands.
         sql: "INSERT INTO token_blacklist (token_id, user_id, expires_at) \
               VALUES ($1, $2, to_timestamp($3::int8)) ON CONFLICT (token_id) DO NOTHING",
-        params: &[
-            Param::required("jti", ParamType::Text),
-            Param::required("user_id", ParamType::Text),
-            // The token's `exp` in unix seconds: after it the row is useless.
-            Param::required("expires_at_unix", ParamType::Int8),
-        ],
         mode: Mode::Write,
         expect: Expect::Any,
         statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
     },
     OpDef {
-        name: SET_ROLE,
+        spec: &spec::SET_ROLE,
         // The row lock makes `previous_role` exact under concurrent changes; the audit row is
         // part of the same statement, so a role never changes unrecorded. A no-op change is not
         // an event.
@@ -157,12 +107,6 @@ pub static OPS: &[OpDef] = &[
                  FROM changed c WHERE c.previous_role IS DISTINCT FROM c.role) \
              SELECT id, email, name, phone, role, created_at, last_login_at, previous_role \
              FROM changed",
-        params: &[
-            Param::required("user_id", ParamType::Text),
-            Param::required("role", ParamType::Text),
-            Param::required("actor_user_id", ParamType::Text),
-            Param::optional("ip", ParamType::Text),
-        ],
         mode: Mode::Write,
         expect: Expect::One {
             message: "user not found",
@@ -172,14 +116,7 @@ pub static OPS: &[OpDef] = &[
 ];
 
 pub(crate) static PROCEDURES: &[ProcedureDef] = &[ProcedureDef {
-    name: LOGIN,
-    params: &[
-        // Any string: the policy for new passwords must not lock out existing ones, and a
-        // malformed email is simply an unknown account.
-        Param::required("email", ParamType::Text),
-        Param::required("password", ParamType::Password),
-        Param::optional("ip", ParamType::Text),
-    ],
+    spec: &spec::LOGIN,
     statements: LOGIN_STATEMENTS,
     run: login,
 }];
@@ -188,9 +125,11 @@ static LOGIN_STATEMENTS: &[OpDef] = &[LOGIN_LOAD, LOGIN_SUCCEED, LOGIN_FAIL];
 
 /// The stored hash; it never leaves the gateway.
 const LOGIN_LOAD: OpDef = OpDef {
-    name: "accounts.login_load",
+    spec: &OpSpec::new(
+        "accounts.login_load",
+        &[ParamSpec::required("email", ParamType::Text)],
+    ),
     sql: "SELECT id, password_hash, is_active FROM users WHERE email = lower(btrim($1))",
-    params: &[Param::required("email", ParamType::Text)],
     mode: Mode::Read,
     expect: Expect::Any,
     statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
@@ -200,7 +139,16 @@ const LOGIN_LOAD: OpDef = OpDef {
 /// `password_hash = $2` guard makes it a no-op if the hash changed since it was verified (or the
 /// account was deactivated meanwhile); the procedure then treats the login as failed.
 const LOGIN_SUCCEED: OpDef = OpDef {
-    name: "accounts.login_succeed",
+    spec: &OpSpec::new(
+        "accounts.login_succeed",
+        &[
+            ParamSpec::required("user_id", ParamType::Text),
+            ParamSpec::required("verified_hash", ParamType::Text),
+            ParamSpec::optional("new_hash", ParamType::Text),
+            ParamSpec::optional("ip", ParamType::Text),
+            ParamSpec::optional("upgraded_from", ParamType::Text),
+        ],
+    ),
     sql: "WITH account AS ( \
              UPDATE users SET last_login_at = now(), \
                  password_hash = COALESCE($3::text, password_hash) \
@@ -215,13 +163,6 @@ const LOGIN_SUCCEED: OpDef = OpDef {
          SELECT id, email, name, phone, role, created_at, last_login_at, \
              $3::text IS NOT NULL AS password_upgraded \
          FROM account",
-    params: &[
-        Param::required("user_id", ParamType::Text),
-        Param::required("verified_hash", ParamType::Text),
-        Param::optional("new_hash", ParamType::Text),
-        Param::optional("ip", ParamType::Text),
-        Param::optional("upgraded_from", ParamType::Text),
-    ],
     mode: Mode::Write,
     expect: Expect::Any,
     statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
@@ -229,14 +170,16 @@ const LOGIN_SUCCEED: OpDef = OpDef {
 
 /// A failed login: the account when there is one (never the email), the address, and why.
 const LOGIN_FAIL: OpDef = OpDef {
-    name: "accounts.login_fail",
+    spec: &OpSpec::new(
+        "accounts.login_fail",
+        &[
+            ParamSpec::optional("user_id", ParamType::Text),
+            ParamSpec::optional("ip", ParamType::Text),
+            ParamSpec::required("reason", ParamType::Text),
+        ],
+    ),
     sql: "INSERT INTO audit_log (event_type, user_id, ip, details) \
           VALUES ('login_failure', $1, $2, jsonb_build_object('reason', $3::text))",
-    params: &[
-        Param::optional("user_id", ParamType::Text),
-        Param::optional("ip", ParamType::Text),
-        Param::required("reason", ParamType::Text),
-    ],
     mode: Mode::Write,
     expect: Expect::Any,
     statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
@@ -287,7 +230,8 @@ async fn run_login(
         }
         _ => {
             return Err(ApiError::Internal(format!(
-                "procedure `{LOGIN}` received parameters of unexpected types"
+                "procedure `{}` received parameters of unexpected types",
+                spec::LOGIN.name
             )));
         }
     };
@@ -362,7 +306,7 @@ fn stored_account(found: &OpOutput) -> Result<Option<StoredAccount>, ApiError> {
         Some(Value::String(text)) => Ok(text.clone()),
         _ => Err(ApiError::Internal(format!(
             "`{}` returned no text `{column}`",
-            LOGIN_LOAD.name
+            LOGIN_LOAD.name()
         ))),
     };
     Ok(Some(StoredAccount {
@@ -391,23 +335,24 @@ mod tests {
     #[test]
     fn login_is_a_procedure_and_its_statements_are_not_callable() {
         let registry = Registry::production(false).expect("production registry is valid");
-        assert!(registry.is_procedure(LOGIN));
-        assert!(registry.get(LOGIN).is_none());
+        assert!(registry.is_procedure(spec::LOGIN.name));
+        assert!(registry.get(spec::LOGIN.name).is_none());
         for statement in LOGIN_STATEMENTS {
             assert!(
-                registry.get(statement.name).is_none() && !registry.is_procedure(statement.name),
+                registry.get(statement.name()).is_none()
+                    && !registry.is_procedure(statement.name()),
                 "{} must not be callable: it returns a password hash",
-                statement.name
+                statement.name()
             );
         }
         for name in [
-            CREATE_USER,
-            CREATE_CREDITS,
-            CREATE_BUDGET_SETTINGS,
-            AUDIT,
-            GET_USER,
-            REVOKE_TOKEN,
-            SET_ROLE,
+            spec::CREATE_USER.name,
+            spec::CREATE_CREDITS.name,
+            spec::CREATE_BUDGET_SETTINGS.name,
+            spec::AUDIT.name,
+            spec::GET_USER.name,
+            spec::REVOKE_TOKEN.name,
+            spec::SET_ROLE.name,
         ] {
             assert!(registry.get(name).is_some(), "{name} is registered");
         }
@@ -415,8 +360,15 @@ mod tests {
 
     #[test]
     fn create_user_takes_a_new_password_never_a_hash() {
-        let create = OPS.iter().find(|op| op.name == CREATE_USER).unwrap();
-        let password = create.params.iter().find(|p| p.name == "password").unwrap();
+        let create = OPS
+            .iter()
+            .find(|op| op.name() == spec::CREATE_USER.name)
+            .unwrap();
+        let password = create
+            .params()
+            .iter()
+            .find(|p| p.name == "password")
+            .unwrap();
         assert_eq!(password.ty, ParamType::NewPassword);
     }
 }

@@ -4,18 +4,16 @@
 //! be measured straight against Postgres and through the gateway. Its table exists only after
 //! `pgbench -i`, which is why startup verification skips this module's operations.
 
-use super::{DEFAULT_STATEMENT_TIMEOUT_MS, Expect, Mode, OpDef, Param, ParamType};
+use callmeback_gateway_api::ops::bench as spec;
 
-/// Name of the pgbench select-only statement.
-pub const ACCOUNT_BALANCE: &str = "bench.account_balance";
+use super::{DEFAULT_STATEMENT_TIMEOUT_MS, Expect, Mode, OpDef};
 
 /// Prefix shared by every benchmark operation (used to skip them in startup verification).
 pub const PREFIX: &str = "bench.";
 
 pub static OPS: &[OpDef] = &[OpDef {
-    name: ACCOUNT_BALANCE,
+    spec: &spec::ACCOUNT_BALANCE,
     sql: "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
-    params: &[Param::required("aid", ParamType::Int4)],
     mode: Mode::Read,
     expect: Expect::Any,
     statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,

@@ -6,19 +6,18 @@
 //! impossible by construction: an [`OpDef`] holds `&'static str` SQL and nothing else.
 //!
 //! # Adding an operation
-//! Add one static entry to a domain module's `OPS` slice (e.g. `ops/credits.rs`):
+//! Declare its name and parameters once, in `callmeback_gateway_api::ops` (the contract the
+//! Worker builds its calls from, listed in `ops::ALL`), then add its SQL here as one static entry
+//! of a domain module's `OPS` slice (e.g. `ops/billing.rs`):
 //!
 //! ```
-//! use db_gateway::ops::{DEFAULT_STATEMENT_TIMEOUT_MS, Expect, Mode, OpDef, Param, ParamType};
+//! use callmeback_gateway_api::ops::billing::CREDITS_DEDUCT;
+//! use db_gateway::ops::{DEFAULT_STATEMENT_TIMEOUT_MS, Expect, Mode, OpDef};
 //!
 //! pub static OPS: &[OpDef] = &[OpDef {
-//!     name: "credits.debit",
-//!     sql: "UPDATE credit_balances SET balance = balance - $2::text::numeric \
-//!           WHERE user_id = $1 AND balance >= $2::text::numeric RETURNING balance",
-//!     params: &[
-//!         Param::required("user_id", ParamType::Text),
-//!         Param::required("amount", ParamType::Numeric),
-//!     ],
+//!     spec: &CREDITS_DEDUCT,
+//!     sql: "UPDATE user_credits SET available_credits = available_credits - $2 \
+//!           WHERE user_id = $1 AND available_credits >= $2 RETURNING available_credits",
 //!     mode: Mode::Write,
 //!     expect: Expect::One { message: "insufficient credits" },
 //!     statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
@@ -26,9 +25,10 @@
 //! ```
 //!
 //! A new domain module is one `mod` line below plus one `.with(…)` line in
-//! [`Registry::production`]. At startup every operation is prepared against the migrated schema
-//! ([`Registry::verify`]), so a typo in SQL, a parameter whose declared type disagrees with the
-//! statement, or a result column the wire format cannot carry stops the gateway before it serves.
+//! [`Registry::production`]; a test holds the production registry to `ops::ALL`, both ways. At
+//! startup every operation is prepared against the migrated schema ([`Registry::verify`]), so a
+//! typo in SQL, a declared parameter type that disagrees with the statement, or a result column
+//! the wire format cannot carry stops the gateway before it serves.
 //!
 //! The operation's name is also its scope: a key with scope `credits.*` may call it.
 //!
@@ -42,14 +42,14 @@
 //! - a [`ProcedureDef`] is an operation implemented in Rust around fixed, registered statements,
 //!   for work SQL cannot do, such as `accounts.login` (load the hash, verify it, upgrade a legacy
 //!   bcrypt hash). Procedures are called by name like operations but run on their own, never in a
-//!   batch, and their statements are prepared at startup like every other operation's.
+//!   batch, and their statements are prepared at startup like every other operation's. Those
+//!   statements are not operations of the contract (nobody may call them, some return a password
+//!   hash), so their specs are private to the procedure's module.
 
 pub mod accounts;
 pub mod auth;
 pub mod bench;
 pub mod billing;
-pub(crate) mod encode;
-pub(crate) mod params;
 pub mod password;
 pub mod personas;
 pub mod system;
@@ -61,132 +61,10 @@ use std::pin::Pin;
 
 use tokio_postgres::types::Type;
 
-/// Statement timeout every pooled connection starts with (set as a startup parameter, so it
-/// costs no round trip). Operations declaring a different value pay for a transaction with
-/// `SET LOCAL statement_timeout`.
-pub const DEFAULT_STATEMENT_TIMEOUT_MS: u32 = 5_000;
-
-/// How a JSON parameter is checked and bound.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ParamType {
-    /// JSON string, bound as `text`.
-    Text,
-    /// JSON integer within `i32`, bound as `int4`.
-    Int4,
-    /// JSON integer or a string of decimal digits (64-bit values cannot cross JavaScript numbers
-    /// safely), bound as `int8`.
-    Int8,
-    /// A plain decimal string (`"-12.50"`), bound as `text`; the SQL casts it with
-    /// `$n::text::numeric` so no float ever touches the value.
-    Numeric,
-    /// JSON boolean, bound as `bool`.
-    Bool,
-    /// RFC 3339 string with an offset, bound as `timestamptz`.
-    Timestamptz,
-    /// Any JSON value, bound as `jsonb`.
-    Jsonb,
-    /// JSON array of strings (or nulls), bound as `text[]`.
-    TextArray,
-    /// A new password in plaintext (1 to 1024 bytes); the gateway binds its Argon2id PHC string
-    /// (`$argon2id$…`) as `text` instead. The plaintext is never bound, stored or logged.
-    NewPassword,
-    /// A password to verify, in plaintext. Only procedures may declare it (they verify it in
-    /// Rust); it is never bound to SQL, and the registry refuses it in an [`OpDef`].
-    Password,
-}
-
-impl ParamType {
-    /// The Postgres type the statement must infer for this parameter.
-    pub(crate) fn pg_type(self) -> Type {
-        match self {
-            ParamType::Text | ParamType::Numeric | ParamType::NewPassword | ParamType::Password => {
-                Type::TEXT
-            }
-            ParamType::Int4 => Type::INT4,
-            ParamType::Int8 => Type::INT8,
-            ParamType::Bool => Type::BOOL,
-            ParamType::Timestamptz => Type::TIMESTAMPTZ,
-            ParamType::Jsonb => Type::JSONB,
-            ParamType::TextArray => Type::TEXT_ARRAY,
-        }
-    }
-
-    /// Words used in `invalid_params` messages.
-    pub(crate) fn describe(self) -> &'static str {
-        match self {
-            ParamType::Text => "a string",
-            ParamType::Int4 => "a 32-bit integer",
-            ParamType::Int8 => "a 64-bit integer (number or digit string)",
-            ParamType::Numeric => "a plain decimal string such as \"12.50\"",
-            ParamType::Bool => "a boolean",
-            ParamType::Timestamptz => "an RFC 3339 timestamp string with offset",
-            ParamType::Jsonb => "a JSON value",
-            ParamType::TextArray => "an array of strings",
-            ParamType::NewPassword | ParamType::Password => "a password of 1 to 1024 bytes",
-        }
-    }
-}
-
-/// One declared parameter; its position in [`OpDef::params`] is its `$n` in the SQL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Param {
-    pub name: &'static str,
-    pub ty: ParamType,
-    /// Required parameters must be present and non-null; optional ones bind SQL `NULL` when
-    /// absent or `null`.
-    pub required: bool,
-}
-
-impl Param {
-    pub const fn required(name: &'static str, ty: ParamType) -> Self {
-        Self {
-            name,
-            ty,
-            required: true,
-        }
-    }
-
-    pub const fn optional(name: &'static str, ty: ParamType) -> Self {
-        Self {
-            name,
-            ty,
-            required: false,
-        }
-    }
-}
-
-/// Whether an operation changes data. Batches made only of reads run `READ ONLY`, so a
-/// mislabelled write fails loudly instead of slipping through a reporting key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Read,
-    Write,
-}
-
-/// What the operation promises about its row count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expect {
-    /// Zero or more rows are all fine.
-    Any,
-    /// Zero rows means a business precondition failed (`precondition_failed`, HTTP 409) with
-    /// this message, e.g. "insufficient credits". Write such SQL so that "no row returned" also
-    /// means "nothing changed" (`UPDATE … WHERE balance >= $2 RETURNING …`).
-    One { message: &'static str },
-}
-
-/// A named, parameterised statement. Its scope is its name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OpDef {
-    /// `domain.action`, lower case; also the scope a key needs.
-    pub name: &'static str,
-    pub sql: &'static str,
-    pub params: &'static [Param],
-    pub mode: Mode,
-    pub expect: Expect,
-    /// Per-statement budget; use [`DEFAULT_STATEMENT_TIMEOUT_MS`] unless the operation is known
-    /// to need more (or deserves less).
-    pub statement_timeout_ms: u32,
-}
+pub use crate::statement::{
+    DEFAULT_STATEMENT_TIMEOUT_MS, Expect, Mode, OpDef, OpSpec, ParamSpec, ParamType,
+};
+use crate::statement::{PgParamType as _, encode, params};
 
 /// What a procedure's future resolves to: its result, encoded like any operation's.
 pub(crate) type ProcedureFuture<'a> =
@@ -197,13 +75,12 @@ pub(crate) type ProcedureFuture<'a> =
 pub(crate) type ProcedureFn =
     for<'a> fn(&'a deadpool_postgres::Pool, &'a [params::BoundParam<'a>]) -> ProcedureFuture<'a>;
 
-/// An operation implemented in Rust around fixed statements. Its scope is its name, like an
-/// [`OpDef`]'s. It runs alone (a batch refuses it), because it may commit work of its own (an
-/// audit row for a failed login) and still answer with an error.
+/// An operation of the contract implemented in Rust around fixed statements. Its scope is its
+/// name, like an [`OpDef`]'s. It runs alone (a batch refuses it), because it may commit work of
+/// its own (an audit row for a failed login) and still answer with an error.
 #[derive(Clone, Copy)]
 pub(crate) struct ProcedureDef {
-    pub(crate) name: &'static str,
-    pub(crate) params: &'static [Param],
+    pub(crate) spec: &'static OpSpec,
     /// Every statement `run` executes. They are prepared and checked at startup like registered
     /// operations, but are not callable by name (they may return what must not leave the
     /// gateway, such as a password hash).
@@ -211,11 +88,20 @@ pub(crate) struct ProcedureDef {
     pub(crate) run: ProcedureFn,
 }
 
+impl ProcedureDef {
+    pub(crate) const fn name(&self) -> &'static str {
+        self.spec.name
+    }
+
+    pub(crate) const fn params(&self) -> &'static [ParamSpec] {
+        self.spec.params
+    }
+}
+
 impl fmt::Debug for ProcedureDef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProcedureDef")
-            .field("name", &self.name)
-            .field("params", &self.params)
+            .field("spec", &self.spec)
             .finish_non_exhaustive()
     }
 }
@@ -286,15 +172,6 @@ pub(crate) struct RegisteredOp {
     pub(crate) index: usize,
 }
 
-impl OpDef {
-    /// Whether a single call may run on a shared, pipelined connection (see `crate::pipeline`):
-    /// a read needs no transaction as long as it keeps the connection's default statement
-    /// timeout, so interleaving it with other clients' statements changes nothing.
-    pub(crate) fn is_pipelinable(&self) -> bool {
-        self.mode == Mode::Read && self.statement_timeout_ms == DEFAULT_STATEMENT_TIMEOUT_MS
-    }
-}
-
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut names: Vec<_> = self.ops.keys().collect();
@@ -339,10 +216,10 @@ impl Registry {
                 def,
                 index: self.by_index.len(),
             };
-            if self.procedures.contains_key(def.name)
-                || self.ops.insert(def.name, registered).is_some()
+            if self.procedures.contains_key(def.name())
+                || self.ops.insert(def.name(), registered).is_some()
             {
-                return Err(RegistryError::Duplicate(def.name));
+                return Err(RegistryError::Duplicate(def.name()));
             }
             self.by_index.push(def);
         }
@@ -356,17 +233,20 @@ impl Registry {
         procedures: &'static [ProcedureDef],
     ) -> Result<Self, RegistryError> {
         for procedure in procedures {
-            if !is_valid_op_name(procedure.name) {
-                return Err(RegistryError::BadName(procedure.name));
+            if !is_valid_op_name(procedure.name()) {
+                return Err(RegistryError::BadName(procedure.name()));
             }
-            check_unique_params(procedure.name, procedure.params)?;
+            check_unique_params(procedure.name(), procedure.params())?;
             for statement in procedure.statements {
                 validate_definition(statement)?;
             }
-            if self.ops.contains_key(procedure.name)
-                || self.procedures.insert(procedure.name, procedure).is_some()
+            if self.ops.contains_key(procedure.name())
+                || self
+                    .procedures
+                    .insert(procedure.name(), procedure)
+                    .is_some()
             {
-                return Err(RegistryError::Duplicate(procedure.name));
+                return Err(RegistryError::Duplicate(procedure.name()));
             }
         }
         Ok(self)
@@ -407,7 +287,7 @@ impl Registry {
     /// Operations in name order.
     pub fn iter(&self) -> impl Iterator<Item = &'static OpDef> + '_ {
         let mut ops = self.by_index.clone();
-        ops.sort_by_key(|op| op.name);
+        ops.sort_by_key(|op| op.name());
         ops.into_iter()
     }
 
@@ -421,7 +301,7 @@ impl Registry {
         include: impl Fn(&OpDef) -> bool,
     ) -> Result<(), RegistryError> {
         let mut procedures: Vec<_> = self.procedures.values().copied().collect();
-        procedures.sort_by_key(|procedure| procedure.name);
+        procedures.sort_by_key(|procedure| procedure.name());
         let statements = procedures
             .into_iter()
             .flat_map(|procedure| procedure.statements.iter());
@@ -431,7 +311,7 @@ impl Registry {
                     .prepare(op.sql)
                     .await
                     .map_err(|error| RegistryError::Prepare {
-                        op: op.name,
+                        op: op.name(),
                         reason: describe_prepare_error(&error),
                     })?;
             check_statement_shape(op, &statement)?;
@@ -452,18 +332,18 @@ fn check_statement_shape(
     op: &'static OpDef,
     statement: &tokio_postgres::Statement,
 ) -> Result<(), RegistryError> {
-    if statement.params().len() != op.params.len() {
+    if statement.params().len() != op.params().len() {
         return Err(RegistryError::ParamCount {
-            op: op.name,
-            declared: op.params.len(),
+            op: op.name(),
+            declared: op.params().len(),
             actual: statement.params().len(),
         });
     }
-    for (param, actual) in op.params.iter().zip(statement.params()) {
+    for (param, actual) in op.params().iter().zip(statement.params()) {
         let expected = param.ty.pg_type();
         if *actual != expected {
             return Err(RegistryError::ParamType {
-                op: op.name,
+                op: op.name(),
                 param: param.name,
                 declared: param.ty,
                 expected,
@@ -475,7 +355,7 @@ fn check_statement_shape(
     for (index, column) in columns.iter().enumerate() {
         if encode::ColumnCodec::for_type(column.type_()).is_none() {
             return Err(RegistryError::ColumnType {
-                op: op.name,
+                op: op.name(),
                 column: column.name().to_owned(),
                 ty: column.type_().clone(),
             });
@@ -485,7 +365,7 @@ fn check_statement_shape(
             .any(|earlier| earlier.name() == column.name())
         {
             return Err(RegistryError::DuplicateColumn {
-                op: op.name,
+                op: op.name(),
                 column: column.name().to_owned(),
             });
         }
@@ -494,20 +374,23 @@ fn check_statement_shape(
 }
 
 fn validate_definition(op: &'static OpDef) -> Result<(), RegistryError> {
-    if !is_valid_op_name(op.name) {
-        return Err(RegistryError::BadName(op.name));
+    if !is_valid_op_name(op.name()) {
+        return Err(RegistryError::BadName(op.name()));
     }
-    check_unique_params(op.name, op.params)?;
-    if let Some(param) = op.params.iter().find(|p| p.ty == ParamType::Password) {
+    check_unique_params(op.name(), op.params())?;
+    if let Some(param) = op.params().iter().find(|p| p.ty == ParamType::Password) {
         return Err(RegistryError::PlaintextParam {
-            op: op.name,
+            op: op.name(),
             param: param.name,
         });
     }
     Ok(())
 }
 
-fn check_unique_params(op: &'static str, params: &'static [Param]) -> Result<(), RegistryError> {
+fn check_unique_params(
+    op: &'static str,
+    params: &'static [ParamSpec],
+) -> Result<(), RegistryError> {
     for (index, param) in params.iter().enumerate() {
         if params[..index]
             .iter()
@@ -543,31 +426,34 @@ mod tests {
     use super::*;
 
     static GOOD: &[OpDef] = &[OpDef {
-        name: "things.get",
+        spec: &OpSpec::new("things.get", &[ParamSpec::required("id", ParamType::Text)]),
         sql: "SELECT $1::text AS id",
-        params: &[Param::required("id", ParamType::Text)],
         mode: Mode::Read,
         expect: Expect::Any,
         statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
     }];
 
     static BAD_NAME: &[OpDef] = &[OpDef {
-        name: "Things",
+        spec: &OpSpec::new("Things", GOOD[0].spec.params),
         ..GOOD[0]
     }];
 
     static DUP_PARAM: &[OpDef] = &[OpDef {
-        name: "things.dup",
-        params: &[
-            Param::required("id", ParamType::Text),
-            Param::optional("id", ParamType::Int4),
-        ],
+        spec: &OpSpec::new(
+            "things.dup",
+            &[
+                ParamSpec::required("id", ParamType::Text),
+                ParamSpec::optional("id", ParamType::Int4),
+            ],
+        ),
         ..GOOD[0]
     }];
 
     static READS_PLAINTEXT: &[OpDef] = &[OpDef {
-        name: "things.check_password",
-        params: &[Param::required("password", ParamType::Password)],
+        spec: &OpSpec::new(
+            "things.check_password",
+            &[ParamSpec::required("password", ParamType::Password)],
+        ),
         ..GOOD[0]
     }];
 
@@ -579,18 +465,21 @@ mod tests {
     }
 
     static CLASHING_PROCEDURE: &[ProcedureDef] = &[ProcedureDef {
-        name: "things.get",
-        params: &[],
+        spec: &OpSpec::new("things.get", &[]),
         statements: &[],
         run: no_op,
     }];
 
     static PROCEDURE_WITH_BAD_STATEMENT: &[ProcedureDef] = &[ProcedureDef {
-        name: "things.verify",
-        params: &[Param::required("password", ParamType::Password)],
+        spec: &OpSpec::new(
+            "things.verify",
+            &[ParamSpec::required("password", ParamType::Password)],
+        ),
         statements: &[OpDef {
-            name: "things.verify_load",
-            params: &[Param::required("password", ParamType::Password)],
+            spec: &OpSpec::new(
+                "things.verify_load",
+                &[ParamSpec::required("password", ParamType::Password)],
+            ),
             ..GOOD[0]
         }],
         run: no_op,
@@ -663,11 +552,55 @@ mod tests {
 
     #[test]
     fn production_registry_has_system_ops_and_bench_only_on_request() {
+        use callmeback_gateway_api::ops::{bench, system};
+
         let plain = Registry::production(false).expect("production registry is valid");
-        assert!(plain.get(system::PING).is_some());
-        assert!(plain.get(system::SCHEMA_VERSION).is_some());
-        assert!(plain.get(bench::ACCOUNT_BALANCE).is_none());
+        assert!(plain.get(system::PING.name).is_some());
+        assert!(plain.get(system::SCHEMA_VERSION.name).is_some());
+        assert!(plain.get(bench::ACCOUNT_BALANCE.name).is_none());
         let with_bench = Registry::production(true).expect("bench registry is valid");
-        assert!(with_bench.get(bench::ACCOUNT_BALANCE).is_some());
+        assert!(with_bench.get(bench::ACCOUNT_BALANCE.name).is_some());
+    }
+
+    /// The contract (`callmeback_gateway_api::ops::ALL`) and the registry name the same
+    /// operations and procedures, with the same declarations: nothing served that the contract
+    /// does not declare, nothing declared that is not served.
+    #[test]
+    fn the_production_registry_serves_exactly_the_contract() {
+        use std::collections::BTreeMap;
+
+        use callmeback_gateway_api::ops::ALL;
+
+        let registry = Registry::production(false).expect("production registry is valid");
+        let mut served: BTreeMap<&str, &OpSpec> =
+            registry.iter().map(|op| (op.name(), op.spec)).collect();
+        for name in registry.procedures.keys() {
+            let procedure = registry.procedure(name).expect("listed procedure");
+            served.insert(procedure.name(), procedure.spec);
+        }
+        let declared: BTreeMap<&str, &OpSpec> = ALL.iter().map(|spec| (spec.name, *spec)).collect();
+        assert_eq!(
+            declared.len(),
+            ALL.len(),
+            "ops::ALL names an operation twice"
+        );
+
+        let unserved: Vec<_> = declared
+            .keys()
+            .filter(|name| !served.contains_key(*name))
+            .collect();
+        let undeclared: Vec<_> = served
+            .keys()
+            .filter(|name| !declared.contains_key(*name))
+            .collect();
+        assert!(
+            unserved.is_empty(),
+            "declared in ops::ALL but not served: {unserved:?}"
+        );
+        assert!(
+            undeclared.is_empty(),
+            "served but not in ops::ALL: {undeclared:?}"
+        );
+        assert_eq!(served, declared);
     }
 }

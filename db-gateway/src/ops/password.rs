@@ -28,8 +28,8 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use rand::RngCore as _;
 use tokio::sync::Semaphore;
 
-use super::params::BoundParam;
 use crate::error::ApiError;
+use crate::statement::params::BoundParam;
 
 /// Argon2id memory cost in KiB (19 MiB, OWASP's first recommended configuration).
 pub const ARGON2_M_COST_KIB: u32 = 19_456;
@@ -205,7 +205,7 @@ pub(crate) async fn verify_on_worker_thread(
     on_hashing_thread(move || verify_password(&plaintext, stored.as_deref())).await
 }
 
-/// Replaces every [`ParamType::NewPassword`](super::ParamType::NewPassword) value with its
+/// Replaces every [`ParamType::NewPassword`](crate::statement::ParamType::NewPassword) value with its
 /// Argon2id hash, so the statement binds the hash and never the plaintext.
 pub(crate) async fn hash_new_passwords(params: &mut [BoundParam<'_>]) -> Result<(), ApiError> {
     for param in params.iter_mut() {
@@ -220,7 +220,7 @@ pub(crate) async fn hash_new_passwords(params: &mut [BoundParam<'_>]) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::params::Plaintext;
+    use crate::statement::params::Plaintext;
 
     #[test]
     fn new_hashes_are_argon2id_with_owasp_parameters_and_fresh_salts() {

@@ -18,38 +18,9 @@
 //! Retiring is an `UPDATE … SET is_active = false`, never a `DELETE`: calls keep pointing at the
 //! personas and templates they used.
 
-use super::{DEFAULT_STATEMENT_TIMEOUT_MS, Expect, Mode, OpDef, Param, ParamType};
+use callmeback_gateway_api::ops::personas as spec;
 
-/// Active personas, public columns, newest first.
-pub const LIST_ACTIVE: &str = "personas.list_active";
-/// One active persona, public columns (`precondition_failed` when unknown or retired).
-pub const GET_ACTIVE: &str = "personas.get_active";
-/// Every persona with every column, for the admin console.
-pub const ADMIN_LIST: &str = "personas.admin_list";
-/// Creates a persona (`conflict` when the id is taken).
-pub const ADMIN_CREATE: &str = "personas.admin_create";
-/// Changes the fields named in `set_fields` (`precondition_failed` when unknown).
-pub const ADMIN_UPDATE: &str = "personas.admin_update";
-/// Retires a persona (`precondition_failed` when unknown); repeating it is harmless.
-pub const ADMIN_DEACTIVATE: &str = "personas.admin_deactivate";
-
-/// The user's relationships with active personas, joined with the personas' public columns.
-pub const LIST_FOR_USER: &str = "relationships.list_for_user";
-/// Creates or changes the user's relationship with an active persona (`precondition_failed` when
-/// the persona is unknown or retired).
-pub const UPSERT: &str = "relationships.upsert";
-
-/// Active templates, public columns, in display order.
-pub const TEMPLATES_LIST_ACTIVE: &str = "templates.list_active";
-/// Every template with every column, for the admin console.
-pub const TEMPLATES_ADMIN_LIST: &str = "templates.admin_list";
-/// Creates a template (`conflict` when the id or name is taken, `foreign_key_violation` when
-/// `persona_id` names no persona).
-pub const TEMPLATES_ADMIN_CREATE: &str = "templates.admin_create";
-/// Changes the fields named in `set_fields` (`precondition_failed` when unknown).
-pub const TEMPLATES_ADMIN_UPDATE: &str = "templates.admin_update";
-/// Retires a template (`precondition_failed` when unknown); repeating it is harmless.
-pub const TEMPLATES_ADMIN_DEACTIVATE: &str = "templates.admin_deactivate";
+use super::{DEFAULT_STATEMENT_TIMEOUT_MS, Expect, Mode, OpDef};
 
 /// What anyone may see of a persona (alias `p`).
 macro_rules! public_persona_columns {
@@ -94,25 +65,23 @@ macro_rules! relationship_columns {
 
 pub static OPS: &[OpDef] = &[
     OpDef {
-        name: LIST_ACTIVE,
+        spec: &spec::LIST_ACTIVE,
         sql: concat!(
             "SELECT ",
             public_persona_columns!(),
             " FROM personas p WHERE p.is_active ORDER BY p.created_at DESC, p.name, p.id"
         ),
-        params: &[],
         mode: Mode::Read,
         expect: Expect::Any,
         statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
     },
     OpDef {
-        name: GET_ACTIVE,
+        spec: &spec::GET_ACTIVE,
         sql: concat!(
             "SELECT ",
             public_persona_columns!(),
             " FROM personas p WHERE p.id = $1 AND p.is_active"
         ),
-        params: &[Param::required("id", ParamType::Text)],
         mode: Mode::Read,
         expect: Expect::One {
             message: "persona not found",
@@ -120,19 +89,18 @@ pub static OPS: &[OpDef] = &[
         statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
     },
     OpDef {
-        name: ADMIN_LIST,
+        spec: &spec::ADMIN_LIST,
         sql: concat!(
             "SELECT ",
             admin_persona_columns!(),
             " FROM personas ORDER BY is_active DESC, created_at DESC, name, id"
         ),
-        params: &[],
         mode: Mode::Read,
         expect: Expect::Any,
         statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
     },
     OpDef {
-        name: ADMIN_CREATE,
+        spec: &spec::ADMIN_CREATE,
         // INSERT cannot say "DEFAULT when the parameter is NULL", so the COALESCE fallbacks repeat
         // the column defaults of 001_core.sql; a test compares them with the catalogue.
         sql: concat!(
@@ -146,26 +114,12 @@ pub static OPS: &[OpDef] = &[
              RETURNING ",
             admin_persona_columns!()
         ),
-        params: &[
-            Param::required("id", ParamType::Text),
-            Param::required("name", ParamType::Text),
-            Param::optional("description", ParamType::Text),
-            Param::optional("category", ParamType::Text),
-            Param::optional("avatar_url", ParamType::Text),
-            Param::optional("default_voice_id", ParamType::Text),
-            Param::optional("default_voice_settings", ParamType::Jsonb),
-            Param::optional("default_greeting", ParamType::Text),
-            Param::required("core_system_prompt", ParamType::Text),
-            Param::optional("llm_temperature", ParamType::Numeric),
-            Param::optional("llm_max_tokens", ParamType::Int4),
-            Param::optional("is_active", ParamType::Bool),
-        ],
         mode: Mode::Write,
         expect: Expect::Any,
         statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
     },
     OpDef {
-        name: ADMIN_UPDATE,
+        spec: &spec::ADMIN_UPDATE,
         sql: concat!(
             "UPDATE personas SET \
              name = COALESCE($3::text, name), \
@@ -182,21 +136,6 @@ pub static OPS: &[OpDef] = &[
              WHERE id = $1 RETURNING ",
             admin_persona_columns!()
         ),
-        params: &[
-            Param::required("id", ParamType::Text),
-            Param::required("set_fields", ParamType::TextArray),
-            Param::optional("name", ParamType::Text),
-            Param::optional("description", ParamType::Text),
-            Param::optional("category", ParamType::Text),
-            Param::optional("avatar_url", ParamType::Text),
-            Param::optional("default_voice_id", ParamType::Text),
-            Param::optional("default_voice_settings", ParamType::Jsonb),
-            Param::optional("default_greeting", ParamType::Text),
-            Param::optional("core_system_prompt", ParamType::Text),
-            Param::optional("llm_temperature", ParamType::Numeric),
-            Param::optional("llm_max_tokens", ParamType::Int4),
-            Param::optional("is_active", ParamType::Bool),
-        ],
         mode: Mode::Write,
         expect: Expect::One {
             message: "persona not found",
@@ -204,9 +143,8 @@ pub static OPS: &[OpDef] = &[
         statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
     },
     OpDef {
-        name: ADMIN_DEACTIVATE,
+        spec: &spec::ADMIN_DEACTIVATE,
         sql: "UPDATE personas SET is_active = false WHERE id = $1 RETURNING id, is_active",
-        params: &[Param::required("id", ParamType::Text)],
         mode: Mode::Write,
         expect: Expect::One {
             message: "persona not found",
@@ -214,7 +152,7 @@ pub static OPS: &[OpDef] = &[
         statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
     },
     OpDef {
-        name: LIST_FOR_USER,
+        spec: &spec::LIST_FOR_USER,
         // Relationships with retired personas stay stored (their statistics are history) but are
         // not listed: nothing can be done with them.
         sql: concat!(
@@ -226,17 +164,12 @@ pub static OPS: &[OpDef] = &[
                AND ($3::bool IS TRUE OR NOT r.is_archived) \
              ORDER BY r.last_call_at DESC NULLS LAST, p.name, p.id"
         ),
-        params: &[
-            Param::required("user_id", ParamType::Text),
-            Param::required("favorites_only", ParamType::Bool),
-            Param::required("include_archived", ParamType::Bool),
-        ],
         mode: Mode::Read,
         expect: Expect::Any,
         statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
     },
     OpDef {
-        name: UPSERT,
+        spec: &spec::UPSERT,
         // The INSERT selects from `personas`, so an unknown or retired persona inserts and updates
         // nothing and returns no row. `id` is only used when the row is new.
         sql: concat!(
@@ -261,18 +194,6 @@ pub static OPS: &[OpDef] = &[
             relationship_columns!(),
             " FROM upserted r JOIN personas p ON p.id = r.persona_id"
         ),
-        params: &[
-            Param::required("id", ParamType::Text),
-            Param::required("user_id", ParamType::Text),
-            Param::required("persona_id", ParamType::Text),
-            Param::required("set_fields", ParamType::TextArray),
-            Param::optional("relationship_type", ParamType::Text),
-            Param::optional("custom_system_prompt", ParamType::Text),
-            Param::optional("voice_id", ParamType::Text),
-            Param::optional("voice_settings", ParamType::Jsonb),
-            Param::optional("is_favorite", ParamType::Bool),
-            Param::optional("is_archived", ParamType::Bool),
-        ],
         mode: Mode::Write,
         expect: Expect::One {
             message: "persona not found",
@@ -280,7 +201,7 @@ pub static OPS: &[OpDef] = &[
         statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
     },
     OpDef {
-        name: TEMPLATES_LIST_ACTIVE,
+        spec: &spec::TEMPLATES_LIST_ACTIVE,
         // The prompt addition stays private like the personas' prompts. A suggested persona that
         // was retired is not suggested any more.
         sql: "SELECT t.id, t.name, t.description, t.category, \
@@ -288,25 +209,23 @@ pub static OPS: &[OpDef] = &[
                      t.opening_line, t.suggested_duration_minutes, t.sort_order \
               FROM call_scenario_templates t LEFT JOIN personas p ON p.id = t.persona_id \
               WHERE t.is_active ORDER BY t.sort_order, t.name, t.id",
-        params: &[],
         mode: Mode::Read,
         expect: Expect::Any,
         statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
     },
     OpDef {
-        name: TEMPLATES_ADMIN_LIST,
+        spec: &spec::TEMPLATES_ADMIN_LIST,
         sql: concat!(
             "SELECT ",
             admin_template_columns!(),
             " FROM call_scenario_templates ORDER BY is_active DESC, sort_order, name, id"
         ),
-        params: &[],
         mode: Mode::Read,
         expect: Expect::Any,
         statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
     },
     OpDef {
-        name: TEMPLATES_ADMIN_CREATE,
+        spec: &spec::TEMPLATES_ADMIN_CREATE,
         // The COALESCE fallbacks repeat the column defaults of 002_calls.sql (see ADMIN_CREATE).
         sql: concat!(
             "INSERT INTO call_scenario_templates (id, name, description, category, persona_id, \
@@ -316,24 +235,12 @@ pub static OPS: &[OpDef] = &[
              RETURNING ",
             admin_template_columns!()
         ),
-        params: &[
-            Param::required("id", ParamType::Text),
-            Param::required("name", ParamType::Text),
-            Param::optional("description", ParamType::Text),
-            Param::optional("category", ParamType::Text),
-            Param::optional("persona_id", ParamType::Text),
-            Param::required("system_prompt_addition", ParamType::Text),
-            Param::optional("opening_line", ParamType::Text),
-            Param::optional("suggested_duration_minutes", ParamType::Int4),
-            Param::optional("sort_order", ParamType::Int4),
-            Param::optional("is_active", ParamType::Bool),
-        ],
         mode: Mode::Write,
         expect: Expect::Any,
         statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
     },
     OpDef {
-        name: TEMPLATES_ADMIN_UPDATE,
+        spec: &spec::TEMPLATES_ADMIN_UPDATE,
         sql: concat!(
             "UPDATE call_scenario_templates SET \
              name = COALESCE($3::text, name), \
@@ -348,19 +255,6 @@ pub static OPS: &[OpDef] = &[
              WHERE id = $1 RETURNING ",
             admin_template_columns!()
         ),
-        params: &[
-            Param::required("id", ParamType::Text),
-            Param::required("set_fields", ParamType::TextArray),
-            Param::optional("name", ParamType::Text),
-            Param::optional("description", ParamType::Text),
-            Param::optional("category", ParamType::Text),
-            Param::optional("persona_id", ParamType::Text),
-            Param::optional("system_prompt_addition", ParamType::Text),
-            Param::optional("opening_line", ParamType::Text),
-            Param::optional("suggested_duration_minutes", ParamType::Int4),
-            Param::optional("sort_order", ParamType::Int4),
-            Param::optional("is_active", ParamType::Bool),
-        ],
         mode: Mode::Write,
         expect: Expect::One {
             message: "template not found",
@@ -368,10 +262,9 @@ pub static OPS: &[OpDef] = &[
         statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
     },
     OpDef {
-        name: TEMPLATES_ADMIN_DEACTIVATE,
+        spec: &spec::TEMPLATES_ADMIN_DEACTIVATE,
         sql: "UPDATE call_scenario_templates SET is_active = false WHERE id = $1 \
               RETURNING id, is_active",
-        params: &[Param::required("id", ParamType::Text)],
         mode: Mode::Write,
         expect: Expect::One {
             message: "template not found",

@@ -4,26 +4,16 @@
 //! audit rows each of them leaves.
 
 use argon2::password_hash::PasswordHash;
+use callmeback_gateway_api::ops::accounts;
 use callmeback_gateway_api::{OpCall, codes};
-use db_gateway::ops::accounts;
 use db_gateway::ops::password::{ARGON2_M_COST_KIB, ARGON2_P_COST, ARGON2_T_COST};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, fresh_nonce, ok, ok_batch, refused, spawn_app};
+use crate::helpers::{TestApp, call, fresh_nonce, ok, ok_batch, refused, spawn_app};
 
 const PASSWORD: &str = "correct horse battery staple";
 const IP: &str = "203.0.113.7";
-
-fn call(op: &str, params: Value) -> OpCall {
-    let Value::Object(params) = params else {
-        panic!("params must be an object")
-    };
-    OpCall {
-        op: op.to_owned(),
-        params,
-    }
-}
 
 fn new_user_id() -> String {
     format!("usr_{}", fresh_nonce())
@@ -33,21 +23,21 @@ fn new_user_id() -> String {
 fn registration(id: &str, email: &str, password: &str) -> Vec<OpCall> {
     vec![
         call(
-            accounts::CREATE_USER,
+            accounts::CREATE_USER.name,
             json!({"id": id, "email": email, "password": password, "name": "Ada", "phone": "+15551234567"}),
         ),
         call(
-            accounts::CREATE_CREDITS,
+            accounts::CREATE_CREDITS.name,
             json!({"user_id": id, "tier": "free", "monthly_credit_allowance": 0,
                    "max_calls_per_day": 3, "max_call_duration_seconds": 300}),
         ),
         call(
-            accounts::CREATE_BUDGET_SETTINGS,
+            accounts::CREATE_BUDGET_SETTINGS.name,
             json!({"user_id": id, "max_cost_per_call_cents": 1000, "max_monthly_spend_cents": 10000,
                    "warn_at_percent_per_call": 75, "enable_auto_cutoff": true}),
         ),
         call(
-            accounts::AUDIT,
+            accounts::AUDIT.name,
             json!({"event_type": "register", "user_id": id, "ip": IP}),
         ),
     ]
@@ -61,7 +51,7 @@ async fn register(app: &TestApp, email: &str, password: &str) -> String {
 
 fn login(email: &str, password: &str) -> OpCall {
     call(
-        accounts::LOGIN,
+        accounts::LOGIN.name,
         json!({"email": email, "password": password, "ip": IP}),
     )
 }
@@ -208,7 +198,7 @@ async fn new_passwords_are_checked_before_hashing_and_never_echoed() {
     for bad in [json!(""), json!("x".repeat(1025)), json!(42)] {
         let body = refused(
             app.call(&call(
-                accounts::CREATE_USER,
+                accounts::CREATE_USER.name,
                 json!({"id": new_user_id(), "email": "bad@example.com", "password": bad}),
             ))
             .await,
@@ -288,7 +278,11 @@ async fn every_failed_login_gets_the_same_answer_and_an_audit_row_without_the_em
         messages.push(body.error.message);
     }
 
-    assert!(messages.iter().all(|m| m == accounts::INVALID_CREDENTIALS));
+    assert!(
+        messages
+            .iter()
+            .all(|m| m == db_gateway::ops::accounts::INVALID_CREDENTIALS)
+    );
     let failures: Vec<_> = audit_rows(&app)
         .await
         .into_iter()
@@ -407,7 +401,7 @@ async fn login_runs_alone_and_checks_its_parameters() {
         json!({"email": "ada@example.com", "password": PASSWORD, "role": "admin"}),
     ] {
         let body = refused(
-            app.call(&call(accounts::LOGIN, params)).await,
+            app.call(&call(accounts::LOGIN.name, params)).await,
             StatusCode::BAD_REQUEST,
             codes::INVALID_PARAMS,
         )
@@ -429,7 +423,7 @@ async fn get_user_answers_the_profile_with_its_credit_summary() {
     let id = register(&app, "ada@example.com", PASSWORD).await;
 
     let result = ok(app
-        .call(&call(accounts::GET_USER, json!({"user_id": id})))
+        .call(&call(accounts::GET_USER.name, json!({"user_id": id})))
         .await)
     .await;
 
@@ -441,8 +435,11 @@ async fn get_user_answers_the_profile_with_its_credit_summary() {
     assert!(!user.contains_key("password_hash"));
 
     refused(
-        app.call(&call(accounts::GET_USER, json!({"user_id": "usr_nobody"})))
-            .await,
+        app.call(&call(
+            accounts::GET_USER.name,
+            json!({"user_id": "usr_nobody"}),
+        ))
+        .await,
         StatusCode::CONFLICT,
         codes::PRECONDITION_FAILED,
     )
@@ -463,7 +460,7 @@ async fn a_revoked_token_fails_the_session_check_until_it_expires() {
     ok(app.call(&session_check("jti_live")).await).await;
 
     let revoke = call(
-        accounts::REVOKE_TOKEN,
+        accounts::REVOKE_TOKEN.name,
         json!({"jti": "jti_live", "user_id": id, "expires_at_unix": expires_at}),
     );
     let batch = ok_batch(
@@ -471,7 +468,7 @@ async fn a_revoked_token_fails_the_session_check_until_it_expires() {
             session_check("jti_live"),
             revoke,
             call(
-                accounts::AUDIT,
+                accounts::AUDIT.name,
                 json!({"event_type": "logout", "user_id": id, "ip": IP}),
             ),
         ])
@@ -503,7 +500,7 @@ async fn a_revoked_token_fails_the_session_check_until_it_expires() {
     // Revoking again changes nothing; an already expired revocation no longer matters.
     let again = ok(app
         .call(&call(
-            accounts::REVOKE_TOKEN,
+            accounts::REVOKE_TOKEN.name,
             json!({"jti": "jti_live", "user_id": id, "expires_at_unix": expires_at + 99}),
         ))
         .await)
@@ -511,7 +508,7 @@ async fn a_revoked_token_fails_the_session_check_until_it_expires() {
     assert_eq!(again.row_count, 0);
     ok(app
         .call(&call(
-            accounts::REVOKE_TOKEN,
+            accounts::REVOKE_TOKEN.name,
             json!({"jti": "jti_old", "user_id": id, "expires_at_unix": expires_at - 7200}),
         ))
         .await)
@@ -527,7 +524,7 @@ async fn set_role_changes_the_role_and_audits_real_changes_only() {
     let target = register(&app, "ada@example.com", PASSWORD).await;
     let set_role = |role: &str| {
         call(
-            accounts::SET_ROLE,
+            accounts::SET_ROLE.name,
             json!({"user_id": target.clone(), "role": role, "actor_user_id": admin.clone(), "ip": IP}),
         )
     };
@@ -564,7 +561,7 @@ async fn set_role_changes_the_role_and_audits_real_changes_only() {
     .await;
     refused(
         app.call(&call(
-            accounts::SET_ROLE,
+            accounts::SET_ROLE.name,
             json!({"user_id": "usr_nobody", "role": "admin", "actor_user_id": admin}),
         ))
         .await,
@@ -581,7 +578,7 @@ async fn audit_events_need_a_well_formed_type_and_an_object() {
 
     let result = ok(app
         .call(&call(
-            accounts::AUDIT,
+            accounts::AUDIT.name,
             json!({"event_type": "logout", "user_id": id, "details": {"k": 1}}),
         ))
         .await)
@@ -596,7 +593,7 @@ async fn audit_events_need_a_well_formed_type_and_an_object() {
         json!({"event_type": "logout", "details": [1, 2]}),
     ] {
         refused(
-            app.call(&call(accounts::AUDIT, params)).await,
+            app.call(&call(accounts::AUDIT.name, params)).await,
             StatusCode::UNPROCESSABLE_ENTITY,
             codes::CONSTRAINT_VIOLATION,
         )
@@ -608,7 +605,7 @@ async fn audit_events_need_a_well_formed_type_and_an_object() {
 async fn no_accounts_operation_can_return_a_password_hash() {
     let app = spawn_app().await;
     let client = app.database.client().await;
-    for op in accounts::OPS {
+    for op in db_gateway::ops::accounts::OPS {
         let statement = client.prepare(op.sql).await.expect("prepares");
         assert!(
             statement
@@ -616,7 +613,7 @@ async fn no_accounts_operation_can_return_a_password_hash() {
                 .iter()
                 .all(|column| column.name() != "password_hash"),
             "{} returns password_hash",
-            op.name
+            op.name()
         );
     }
 }

@@ -18,7 +18,7 @@ use callmeback_gateway_api::{
 use callmeback_signing::{Key, SignedHeaders, sign_request};
 use db_gateway::Config;
 use db_gateway::ops::{
-    DEFAULT_STATEMENT_TIMEOUT_MS, Expect, Mode, OpDef, Param, ParamType, Registry,
+    DEFAULT_STATEMENT_TIMEOUT_MS, Expect, Mode, OpDef, OpSpec, ParamSpec, ParamType, Registry,
 };
 use rand::RngCore as _;
 use reqwest::StatusCode;
@@ -44,66 +44,73 @@ CREATE TABLE test_items (
 /// surface stays exactly what the Worker needs.
 pub(crate) static TEST_OPS: &[OpDef] = &[
     OpDef {
-        name: "test.echo_types",
+        spec: &OpSpec::new(
+            "test.echo_types",
+            &[
+                ParamSpec::required("t", ParamType::Text),
+                ParamSpec::required("i4", ParamType::Int4),
+                ParamSpec::required("i8", ParamType::Int8),
+                ParamSpec::required("n", ParamType::Numeric),
+                ParamSpec::required("b", ParamType::Bool),
+                ParamSpec::required("ts", ParamType::Timestamptz),
+                ParamSpec::required("j", ParamType::Jsonb),
+                ParamSpec::required("arr", ParamType::TextArray),
+                ParamSpec::optional("maybe", ParamType::Text),
+            ],
+        ),
         sql: "SELECT $1::text AS t, $2::int4 AS i4, $3::int8 AS i8, $4::text::numeric AS n, \
               $5::bool AS b, $6::timestamptz AS ts, $7::jsonb AS j, $8::text[] AS arr, \
               $9::text AS maybe",
-        params: &[
-            Param::required("t", ParamType::Text),
-            Param::required("i4", ParamType::Int4),
-            Param::required("i8", ParamType::Int8),
-            Param::required("n", ParamType::Numeric),
-            Param::required("b", ParamType::Bool),
-            Param::required("ts", ParamType::Timestamptz),
-            Param::required("j", ParamType::Jsonb),
-            Param::required("arr", ParamType::TextArray),
-            Param::optional("maybe", ParamType::Text),
-        ],
         mode: Mode::Read,
         expect: Expect::Any,
         statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
     },
     OpDef {
-        name: "test.echo_numeric",
+        spec: &OpSpec::new(
+            "test.echo_numeric",
+            &[ParamSpec::required("n", ParamType::Numeric)],
+        ),
         sql: "SELECT $1::text::numeric AS n, ($1::text::numeric)::text AS pg_text",
-        params: &[Param::required("n", ParamType::Numeric)],
         mode: Mode::Read,
         expect: Expect::Any,
         statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
     },
     OpDef {
-        name: "test.encodings",
+        spec: &OpSpec::new("test.encodings", &[]),
         sql: "SELECT 7::int2 AS i2, 1.5::float4 AS f4, 'NaN'::float8 AS f8_nan, \
               '-Infinity'::float8 AS f8_neg_inf, 'NaN'::numeric AS n_nan, \
               '0.000'::numeric AS n_zero, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid AS id, \
               '2026-11-22'::date AS day, 'infinity'::timestamptz AS forever, \
               ARRAY['x', NULL]::varchar[] AS tags, '{\"k\": [1, \"2\"]}'::json AS doc, \
               NULL::int8 AS nothing, 'abc'::varchar(5) AS short",
-        params: &[],
         mode: Mode::Read,
         expect: Expect::Any,
         statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
     },
     OpDef {
-        name: "test.insert_item",
+        spec: &OpSpec::new(
+            "test.insert_item",
+            &[
+                ParamSpec::required("id", ParamType::Text),
+                ParamSpec::required("quantity", ParamType::Int4),
+                ParamSpec::optional("note", ParamType::Text),
+            ],
+        ),
         sql: "INSERT INTO test_items (id, quantity, note) VALUES ($1, $2, $3) RETURNING id, quantity",
-        params: &[
-            Param::required("id", ParamType::Text),
-            Param::required("quantity", ParamType::Int4),
-            Param::optional("note", ParamType::Text),
-        ],
         mode: Mode::Write,
         expect: Expect::Any,
         statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
     },
     OpDef {
-        name: "test.take_item",
+        spec: &OpSpec::new(
+            "test.take_item",
+            &[
+                ParamSpec::required("id", ParamType::Text),
+                ParamSpec::required("quantity", ParamType::Int4),
+            ],
+        ),
         sql: "UPDATE test_items SET quantity = quantity - $2 WHERE id = $1 AND quantity >= $2 \
               RETURNING quantity",
-        params: &[
-            Param::required("id", ParamType::Text),
-            Param::required("quantity", ParamType::Int4),
-        ],
         mode: Mode::Write,
         expect: Expect::One {
             message: "not enough items",
@@ -111,45 +118,49 @@ pub(crate) static TEST_OPS: &[OpDef] = &[
         statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
     },
     OpDef {
-        name: "test.set_quantity",
+        spec: &OpSpec::new(
+            "test.set_quantity",
+            &[
+                ParamSpec::required("id", ParamType::Text),
+                ParamSpec::required("quantity", ParamType::Int4),
+            ],
+        ),
         sql: "UPDATE test_items SET quantity = $2 WHERE id = $1",
-        params: &[
-            Param::required("id", ParamType::Text),
-            Param::required("quantity", ParamType::Int4),
-        ],
         mode: Mode::Write,
         expect: Expect::Any,
         statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
     },
     OpDef {
         // Declared Read but writes: READ ONLY batches must stop it.
-        name: "test.mislabelled_write",
+        spec: &OpSpec::new(
+            "test.mislabelled_write",
+            &[ParamSpec::required("id", ParamType::Text)],
+        ),
         sql: "INSERT INTO test_items (id, quantity) VALUES ($1, 1) RETURNING id",
-        params: &[Param::required("id", ParamType::Text)],
         mode: Mode::Read,
         expect: Expect::Any,
         statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
     },
     OpDef {
-        name: "test.count_items",
+        spec: &OpSpec::new("test.count_items", &[]),
         sql: "SELECT count(*) AS n FROM test_items",
-        params: &[],
         mode: Mode::Read,
         expect: Expect::Any,
         statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
     },
     OpDef {
-        name: "test.sleep",
+        spec: &OpSpec::new("test.sleep", &[ParamSpec::required("ms", ParamType::Int4)]),
         sql: "SELECT true AS slept FROM pg_sleep($1::int4 / 1000.0)",
-        params: &[Param::required("ms", ParamType::Int4)],
         mode: Mode::Read,
         expect: Expect::Any,
         statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
     },
     OpDef {
-        name: "test.sleep_with_short_timeout",
+        spec: &OpSpec::new(
+            "test.sleep_with_short_timeout",
+            &[ParamSpec::required("ms", ParamType::Int4)],
+        ),
         sql: "SELECT true AS slept FROM pg_sleep($1::int4 / 1000.0)",
-        params: &[Param::required("ms", ParamType::Int4)],
         mode: Mode::Read,
         expect: Expect::Any,
         statement_timeout_ms: 100,
@@ -398,6 +409,14 @@ pub(crate) fn signed_header_list(signed: &SignedHeaders) -> Vec<(&'static str, &
         ("signature-input", signed.signature_input.as_str()),
         ("signature", signed.signature.as_str()),
     ]
+}
+
+/// A call of `op` with the members of a JSON object as its parameters.
+pub(crate) fn call(op: &str, params: serde_json::Value) -> OpCall {
+    let serde_json::Value::Object(params) = params else {
+        panic!("params must be an object")
+    };
+    OpCall::new(op).with_params(params)
 }
 
 pub(crate) fn unix_now() -> i64 {

@@ -186,29 +186,32 @@ async fn project_migrations_apply_and_every_production_op_verifies() {
 #[tokio::test]
 async fn the_gateway_refuses_to_start_when_an_op_does_not_match_the_schema() {
     static BROKEN: &[db_gateway::ops::OpDef] = &[db_gateway::ops::OpDef {
-        name: "test.broken",
+        spec: &db_gateway::ops::OpSpec::new(
+            "test.broken",
+            &[db_gateway::ops::ParamSpec::required(
+                "id",
+                db_gateway::ops::ParamType::Int8,
+            )],
+        ),
         sql: "SELECT id FROM no_such_table WHERE id = $1",
-        params: &[db_gateway::ops::Param::required(
-            "id",
-            db_gateway::ops::ParamType::Int8,
-        )],
         mode: db_gateway::ops::Mode::Read,
         expect: db_gateway::ops::Expect::Any,
         statement_timeout_ms: db_gateway::ops::DEFAULT_STATEMENT_TIMEOUT_MS,
     }];
     static WRONG_TYPE: &[db_gateway::ops::OpDef] = &[db_gateway::ops::OpDef {
-        name: "test.wrong_type",
+        spec: &db_gateway::ops::OpSpec::new(
+            "test.wrong_type",
+            &[db_gateway::ops::ParamSpec::required(
+                "n",
+                db_gateway::ops::ParamType::Int4,
+            )],
+        ),
         sql: "SELECT $1::int8 AS n",
-        params: &[db_gateway::ops::Param::required(
-            "n",
-            db_gateway::ops::ParamType::Int4,
-        )],
         ..BROKEN[0]
     }];
     static UNENCODABLE: &[db_gateway::ops::OpDef] = &[db_gateway::ops::OpDef {
-        name: "test.unencodable",
+        spec: &db_gateway::ops::OpSpec::new("test.unencodable", &[]),
         sql: "SELECT now()::timestamp AS local_time",
-        params: &[],
         ..BROKEN[0]
     }];
     let database = TestDatabase::create().await;

@@ -6,7 +6,7 @@ use callmeback_gateway_api::{OpCall, OpResult, codes};
 use reqwest::StatusCode;
 use serde_json::{Map, Value, json};
 
-use crate::helpers::{TestApp, fresh_nonce, ok, refused, spawn_app};
+use crate::helpers::{TestApp, call, fresh_nonce, ok, refused, spawn_app};
 
 const PUBLIC_PERSONA_COLUMNS: [&str; 8] = [
     "id",
@@ -18,16 +18,6 @@ const PUBLIC_PERSONA_COLUMNS: [&str; 8] = [
     "default_voice_settings",
     "default_greeting",
 ];
-
-fn call(op: &str, params: Value) -> OpCall {
-    let Value::Object(params) = params else {
-        panic!("params must be an object")
-    };
-    OpCall {
-        op: op.to_owned(),
-        params,
-    }
-}
 
 fn ids(result: &OpResult, column: &str) -> Vec<String> {
     result

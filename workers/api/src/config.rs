@@ -1,16 +1,147 @@
-//! The Worker's configuration, read once per request from its bindings.
+//! The Worker's configuration: one typed [`Config`], read from its bindings once per isolate.
 //!
 //! Plain vars come from `wrangler.toml` `[vars]`; secrets from `wrangler secret put` in production
-//! and `.dev.vars` locally. Missing or invalid configuration is a deploy mistake, so it answers 500
-//! with code `misconfigured` and names the binding in the log, never its value.
+//! and `.dev.vars` locally. An isolate's bindings never change while it lives, so [`Config::get`]
+//! reads and parses them on first use (the JWT keyring's base64 keys included) and hands every
+//! later request the same `Rc<Config>`.
+//!
+//! Each section is read on its own and fails on its own ([`Section`]): a route needs only the
+//! sections it uses, so a missing Stripe secret breaks the Stripe webhook and nothing else. A
+//! missing or invalid binding is a deploy mistake: [`ConfigError`] has the stable code
+//! `misconfigured` (HTTP 500 through `ApiError`) and names the binding in the log, never its
+//! value. Nothing here depends on the HTTP layer, so a Durable Object reads the same `Config`
+//! with `Config::get(&env)` and builds a gateway client from it (`Gateway::from_env`).
+//!
+//! # Adding a section
+//! One struct that implements [`FromBindings`] and one field of type `Section<ThatStruct>` (plus
+//! its line in [`Config::from_bindings`]); read it with `config.twilio.get()?`.
 
+use std::cell::OnceCell;
+use std::fmt;
+use std::rc::Rc;
+
+use callmeback_auth::Keyring;
+use callmeback_domain::RateLimitPolicy;
 use callmeback_signing::Key;
 use worker::Env;
 
-use crate::error::ApiError;
+use crate::cors::CorsPolicy;
+
+/// A binding that is missing or does not parse. Its `Display` names the binding and what is
+/// wrong with it, never the value (which may be a secret).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration binding {0} is missing")]
+    Missing(&'static str),
+    #[error("configuration binding {binding} is invalid: {reason}")]
+    Invalid {
+        binding: &'static str,
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// The stable code every configuration error answers with.
+    pub const CODE: &'static str = "misconfigured";
+
+    pub const fn code(&self) -> &'static str {
+        Self::CODE
+    }
+
+    /// The binding at fault.
+    pub const fn binding(&self) -> &'static str {
+        match self {
+            Self::Missing(binding) | Self::Invalid { binding, .. } => binding,
+        }
+    }
+
+    fn invalid(binding: &'static str, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            binding,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Where configuration is read from: the Worker's [`Env`], or a map in tests.
+pub trait Bindings {
+    /// A plain var (`[vars]`), if set.
+    fn var(&self, name: &str) -> Option<String>;
+    /// A secret, if set.
+    fn secret(&self, name: &str) -> Option<String>;
+}
+
+impl Bindings for Env {
+    fn var(&self, name: &str) -> Option<String> {
+        Env::var(self, name).ok().map(|value| value.to_string())
+    }
+
+    fn secret(&self, name: &str) -> Option<String> {
+        Env::secret(self, name).ok().map(|value| value.to_string())
+    }
+}
+
+/// A configuration section that can be read from the bindings.
+pub trait FromBindings: Sized {
+    fn from_bindings(bindings: &impl Bindings) -> Result<Self, ConfigError>;
+}
+
+/// One section of the configuration, or why the bindings do not make one.
+#[derive(Debug)]
+pub struct Section<T>(Result<T, ConfigError>);
+
+impl<T: FromBindings> Section<T> {
+    fn read(bindings: &impl Bindings) -> Self {
+        Self(T::from_bindings(bindings))
+    }
+}
+
+impl<T> Section<T> {
+    /// The section, or the error its bindings gave (every time it is asked for, so each request
+    /// that needs it logs and answers `misconfigured`).
+    pub fn get(&self) -> Result<&T, ConfigError> {
+        self.0.as_ref().map_err(Clone::clone)
+    }
+}
+
+/// The Worker's whole configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// How to reach db-gateway.
+    pub gateway: Section<GatewayConfig>,
+    /// Session token keys (`JWT_SIGNING_KEYS`).
+    pub jwt: Section<Keyring>,
+    /// Frontend origins allowed by CORS (`CORS_ALLOWED_ORIGINS`); none when unset.
+    pub cors: CorsPolicy,
+    /// The login-failure limits, with the window override applied.
+    pub login: LoginLimits,
+    /// Stripe webhook signing secrets.
+    pub stripe: Section<StripeConfig>,
+}
+
+impl Config {
+    /// The isolate's configuration, read from `env` on first use.
+    pub fn get(env: &Env) -> Rc<Config> {
+        thread_local! {
+            static CONFIG: OnceCell<Rc<Config>> = const { OnceCell::new() };
+        }
+        CONFIG.with(|config| Rc::clone(config.get_or_init(|| Rc::new(Self::from_bindings(env)))))
+    }
+
+    /// Reads every section.
+    pub fn from_bindings(bindings: &impl Bindings) -> Self {
+        Self {
+            gateway: Section::read(bindings),
+            jwt: Section::read(bindings),
+            cors: CorsPolicy::from_list(&bindings.var("CORS_ALLOWED_ORIGINS").unwrap_or_default()),
+            login: LoginLimits::from_bindings(bindings),
+            stripe: Section::read(bindings),
+        }
+    }
+}
 
 /// How the Worker reaches db-gateway.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct GatewayConfig {
     /// Base URL without trailing slash, e.g. `https://db.callmeback.example`.
     pub base_url: String,
@@ -21,17 +152,23 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
-    pub fn from_env(env: &Env) -> Result<Self, ApiError> {
-        let base_url = var(env, "GATEWAY_URL")?.trim_end_matches('/').to_owned();
-        let key_id = var(env, "GATEWAY_KEY_ID")?;
-        let secret_b64 = secret(env, "GATEWAY_KEY_SECRET")?;
-        let secret =
-            decode_base64(&secret_b64).ok_or_else(|| misconfigured("GATEWAY_KEY_SECRET"))?;
-        let timeout_ms = match var(env, "GATEWAY_TIMEOUT_MS") {
-            Ok(raw) => raw
-                .parse()
-                .map_err(|_| misconfigured("GATEWAY_TIMEOUT_MS"))?,
-            Err(_) => 3000,
+    /// `GATEWAY_TIMEOUT_MS` when the var is not set.
+    pub const DEFAULT_TIMEOUT_MS: u32 = 3000;
+}
+
+impl FromBindings for GatewayConfig {
+    fn from_bindings(bindings: &impl Bindings) -> Result<Self, ConfigError> {
+        let base_url = var(bindings, "GATEWAY_URL")?
+            .trim_end_matches('/')
+            .to_owned();
+        let key_id = var(bindings, "GATEWAY_KEY_ID")?;
+        let secret = decode_base64(&secret(bindings, "GATEWAY_KEY_SECRET")?)
+            .ok_or_else(|| ConfigError::invalid("GATEWAY_KEY_SECRET", "not base64"))?;
+        let timeout_ms = match bindings.var("GATEWAY_TIMEOUT_MS") {
+            Some(raw) => raw.parse().map_err(|_| {
+                ConfigError::invalid("GATEWAY_TIMEOUT_MS", "not a whole number of milliseconds")
+            })?,
+            None => Self::DEFAULT_TIMEOUT_MS,
         };
         Ok(Self {
             base_url,
@@ -41,21 +178,98 @@ impl GatewayConfig {
     }
 }
 
-fn var(env: &Env, name: &'static str) -> Result<String, ApiError> {
-    env.var(name)
-        .map(|v| v.to_string())
-        .map_err(|_| misconfigured(name))
+/// `JWT_SIGNING_KEYS`: `kid:base64,kid:base64`, the first one signs.
+impl FromBindings for Keyring {
+    fn from_bindings(bindings: &impl Bindings) -> Result<Self, ConfigError> {
+        Keyring::parse(&secret(bindings, "JWT_SIGNING_KEYS")?)
+            .map_err(|error| ConfigError::invalid("JWT_SIGNING_KEYS", error.to_string()))
+    }
 }
 
-fn secret(env: &Env, name: &'static str) -> Result<String, ApiError> {
-    env.secret(name)
-        .map(|v| v.to_string())
-        .map_err(|_| misconfigured(name))
+/// `STRIPE_WEBHOOK_SECRETS`: the endpoint's signing secret(s), comma-separated during rotation.
+#[derive(Clone)]
+pub struct StripeConfig {
+    webhook_secrets: Vec<Vec<u8>>,
 }
 
-fn misconfigured(name: &'static str) -> ApiError {
-    worker::console_error!("configuration binding {name} is missing or invalid");
-    ApiError::new(500, "misconfigured", "the service is misconfigured")
+impl StripeConfig {
+    /// Every secret a webhook signature may match.
+    pub fn webhook_secrets(&self) -> Vec<&[u8]> {
+        self.webhook_secrets.iter().map(Vec::as_slice).collect()
+    }
+}
+
+/// Counts the secrets, never shows them.
+impl fmt::Debug for StripeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StripeConfig")
+            .field("webhook_secrets", &self.webhook_secrets.len())
+            .finish()
+    }
+}
+
+impl FromBindings for StripeConfig {
+    fn from_bindings(bindings: &impl Bindings) -> Result<Self, ConfigError> {
+        let webhook_secrets: Vec<Vec<u8>> = secret(bindings, "STRIPE_WEBHOOK_SECRETS")?
+            .split(',')
+            .map(str::trim)
+            .filter(|secret| !secret.is_empty())
+            .map(|secret| secret.as_bytes().to_vec())
+            .collect();
+        if webhook_secrets.is_empty() {
+            return Err(ConfigError::invalid(
+                "STRIPE_WEBHOOK_SECRETS",
+                "lists no secret",
+            ));
+        }
+        Ok(Self { webhook_secrets })
+    }
+}
+
+/// Bounds for `LOGIN_FAILURE_WINDOW_SECS`.
+const MIN_WINDOW_SECS: u64 = 1;
+const MAX_WINDOW_SECS: u64 = 24 * 3600;
+
+/// The failed-login limits: `RateLimitPolicy::LOGIN_FAILURES_PER_*`, with the window from the
+/// optional `LOGIN_FAILURE_WINDOW_SECS` var (for operators, and for tests, which cannot wait 15
+/// minutes to see a lock lift). An override outside 1 s..=24 h, or not a number, is ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginLimits {
+    pub per_ip: RateLimitPolicy,
+    pub per_account: RateLimitPolicy,
+}
+
+impl LoginLimits {
+    fn from_bindings(bindings: &impl Bindings) -> Self {
+        let (per_ip, per_account) =
+            login_policies(bindings.var("LOGIN_FAILURE_WINDOW_SECS").as_deref());
+        Self {
+            per_ip,
+            per_account,
+        }
+    }
+}
+
+/// The two login policies, with the window from `LOGIN_FAILURE_WINDOW_SECS` when it is set.
+fn login_policies(window_override: Option<&str>) -> (RateLimitPolicy, RateLimitPolicy) {
+    let mut per_ip = RateLimitPolicy::LOGIN_FAILURES_PER_IP;
+    let mut per_account = RateLimitPolicy::LOGIN_FAILURES_PER_ACCOUNT;
+    if let Some(window) = window_override
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .filter(|secs| (MIN_WINDOW_SECS..=MAX_WINDOW_SECS).contains(secs))
+    {
+        per_ip.window_secs = window;
+        per_account.window_secs = window;
+    }
+    (per_ip, per_account)
+}
+
+fn var(bindings: &impl Bindings, name: &'static str) -> Result<String, ConfigError> {
+    bindings.var(name).ok_or(ConfigError::Missing(name))
+}
+
+fn secret(bindings: &impl Bindings, name: &'static str) -> Result<String, ConfigError> {
+    bindings.secret(name).ok_or(ConfigError::Missing(name))
 }
 
 fn decode_base64(text: &str) -> Option<Vec<u8>> {
@@ -63,4 +277,111 @@ fn decode_base64(text: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD
         .decode(text.trim())
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// Vars and secrets alike, as in `.dev.vars`.
+    struct Map(HashMap<&'static str, &'static str>);
+
+    impl Bindings for Map {
+        fn var(&self, name: &str) -> Option<String> {
+            self.0.get(name).map(|value| (*value).to_owned())
+        }
+
+        fn secret(&self, name: &str) -> Option<String> {
+            self.var(name)
+        }
+    }
+
+    fn bindings(pairs: &[(&'static str, &'static str)]) -> Map {
+        Map(pairs.iter().copied().collect())
+    }
+
+    const JWT: &str = "k1:MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=";
+
+    #[test]
+    fn sections_fail_on_their_own_and_name_the_binding_not_the_value() {
+        let config = Config::from_bindings(&bindings(&[
+            ("GATEWAY_URL", "https://gw.example/"),
+            ("GATEWAY_KEY_ID", "worker-1"),
+            ("GATEWAY_KEY_SECRET", "c2VjcmV0LXNlY3JldC1zZWNyZXQ="),
+            ("JWT_SIGNING_KEYS", "k1:not base64!"),
+            ("CORS_ALLOWED_ORIGINS", "https://app.example"),
+        ]));
+        let gateway = config.gateway.get().expect("complete gateway section");
+        assert_eq!(gateway.base_url, "https://gw.example");
+        assert_eq!(gateway.timeout_ms, GatewayConfig::DEFAULT_TIMEOUT_MS);
+
+        let jwt = config.jwt.get().expect_err("invalid keyring");
+        assert_eq!(
+            (jwt.code(), jwt.binding()),
+            ("misconfigured", "JWT_SIGNING_KEYS")
+        );
+        assert!(!jwt.to_string().contains("not base64!"));
+        assert_eq!(
+            config.stripe.get().expect_err("missing"),
+            ConfigError::Missing("STRIPE_WEBHOOK_SECRETS")
+        );
+        assert!(config.cors.allows("https://app.example"));
+        assert_eq!(config.login.per_ip, RateLimitPolicy::LOGIN_FAILURES_PER_IP);
+    }
+
+    #[test]
+    fn values_are_parsed_once_into_typed_sections() {
+        let config = Config::from_bindings(&bindings(&[
+            ("GATEWAY_URL", "https://gw.example"),
+            ("GATEWAY_KEY_ID", "worker-1"),
+            ("GATEWAY_KEY_SECRET", "not base64!"),
+            ("JWT_SIGNING_KEYS", JWT),
+            ("STRIPE_WEBHOOK_SECRETS", " whsec_a, ,whsec_b "),
+            ("LOGIN_FAILURE_WINDOW_SECS", "12"),
+        ]));
+        assert_eq!(
+            config.gateway.get().expect_err("bad secret").binding(),
+            "GATEWAY_KEY_SECRET"
+        );
+        assert!(config.jwt.get().is_ok());
+        let stripe = config.stripe.get().expect("two secrets");
+        assert_eq!(stripe.webhook_secrets(), [&b"whsec_a"[..], b"whsec_b"]);
+        assert!(!format!("{stripe:?}").contains("whsec"));
+        assert_eq!(config.login.per_account.window_secs, 12);
+
+        let empty = bindings(&[("STRIPE_WEBHOOK_SECRETS", " , ")]);
+        assert_eq!(
+            StripeConfig::from_bindings(&empty)
+                .expect_err("no secret")
+                .binding(),
+            "STRIPE_WEBHOOK_SECRETS"
+        );
+        let slow = bindings(&[
+            ("GATEWAY_URL", "https://gw.example"),
+            ("GATEWAY_KEY_ID", "worker-1"),
+            ("GATEWAY_KEY_SECRET", "c2VjcmV0"),
+            ("GATEWAY_TIMEOUT_MS", "soon"),
+        ]);
+        assert_eq!(
+            GatewayConfig::from_bindings(&slow)
+                .expect_err("bad timeout")
+                .binding(),
+            "GATEWAY_TIMEOUT_MS"
+        );
+    }
+
+    #[test]
+    fn the_window_override_is_bounded() {
+        let default = login_policies(None);
+        assert_eq!(default.0, RateLimitPolicy::LOGIN_FAILURES_PER_IP);
+        assert_eq!(default.1, RateLimitPolicy::LOGIN_FAILURES_PER_ACCOUNT);
+        let short = login_policies(Some("3"));
+        assert_eq!((short.0.window_secs, short.1.window_secs), (3, 3));
+        assert_eq!(short.0.max_events, 10);
+        for bad in ["0", "-1", "abc", "86401"] {
+            assert_eq!(login_policies(Some(bad)), default, "{bad}");
+        }
+    }
 }

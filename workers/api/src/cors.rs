@@ -4,7 +4,7 @@
 //! refuse to read the response. Authentication is by bearer token, not cookies, so credentials
 //! mode is not enabled.
 
-use worker::{Env, Response};
+use worker::Response;
 
 const ALLOWED_METHODS: &str = "GET, POST, PUT, DELETE, OPTIONS";
 const ALLOWED_HEADERS: &str = "authorization, content-type, x-request-id";
@@ -16,14 +16,6 @@ pub struct CorsPolicy {
 }
 
 impl CorsPolicy {
-    pub fn from_env(env: &Env) -> Self {
-        let list = env
-            .var("CORS_ALLOWED_ORIGINS")
-            .map(|v| v.to_string())
-            .unwrap_or_default();
-        Self::from_list(&list)
-    }
-
     pub fn from_list(list: &str) -> Self {
         Self {
             origins: list
@@ -50,10 +42,8 @@ impl CorsPolicy {
 
     /// Answers an `OPTIONS` preflight: 204 with the allowed methods and headers for an allowed
     /// origin, plain 204 without CORS headers otherwise.
-    pub fn preflight(&self, origin: Option<&str>) -> Response {
-        let response = Response::empty()
-            .map(|r| r.with_status(204))
-            .unwrap_or_else(|_| crate::error::ApiError::internal().into_response());
+    pub fn preflight(&self, origin: Option<&str>) -> worker::Result<Response> {
+        let response = Response::empty()?.with_status(204);
         if let Some(origin) = origin.filter(|o| self.allows(o)) {
             let headers = response.headers();
             let _ = headers.set("access-control-allow-origin", origin);
@@ -62,7 +52,7 @@ impl CorsPolicy {
             let _ = headers.set("access-control-max-age", MAX_AGE_SECS);
             let _ = headers.set("vary", "origin");
         }
-        response
+        Ok(response)
     }
 }
 

@@ -1,9 +1,11 @@
 //! Per-request context: bindings, request id, client address, and helpers every handler needs.
 
+use std::rc::Rc;
+
 use serde::de::DeserializeOwned;
 use worker::{Env, Request};
 
-use crate::config::GatewayConfig;
+use crate::config::Config;
 use crate::error::ApiError;
 use crate::gateway::Gateway;
 
@@ -13,6 +15,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct RequestCtx {
     pub env: Env,
+    /// The isolate's configuration (read once, shared by every request).
+    pub config: Rc<Config>,
     pub request_id: String,
     /// The client's address as Cloudflare reports it (`CF-Connecting-IP`), for rate limits and
     /// the audit log. Locally wrangler sets it to the loopback address.
@@ -29,6 +33,7 @@ impl RequestCtx {
             .filter(|ip| ip.len() <= 64)
             .unwrap_or_else(|| "unknown".to_owned());
         Self {
+            config: Config::get(&env),
             env,
             request_id,
             client_ip,
@@ -38,14 +43,14 @@ impl RequestCtx {
     /// A gateway client for this request.
     pub fn gateway(&self) -> Result<Gateway, ApiError> {
         Ok(Gateway::new(
-            GatewayConfig::from_env(&self.env)?,
+            self.config.gateway.get()?,
             self.request_id.clone(),
         ))
     }
 
-    /// Unix time in seconds.
+    /// Unix time in seconds ([`crate::time::now_secs`]).
     pub fn now_secs(&self) -> i64 {
-        (js_sys::Date::now() / 1000.0) as i64
+        crate::time::now_secs()
     }
 }
 
@@ -68,23 +73,29 @@ pub async fn read_json<T: DeserializeOwned>(req: &mut Request) -> Result<T, ApiE
             "send the body as application/json",
         ));
     }
+    parse_json(&read_body(req, MAX_BODY_BYTES).await?)
+}
+
+/// Reads a body of at most `max_bytes`: 413 when the declared length or the body itself is
+/// larger, 400 `invalid_body` when it cannot be read.
+pub async fn read_body(req: &mut Request, max_bytes: usize) -> Result<Vec<u8>, ApiError> {
     let declared = req
         .headers()
         .get("content-length")
         .ok()
         .flatten()
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > MAX_BODY_BYTES) {
-        return Err(payload_too_large());
+    if declared.is_some_and(|len| len > max_bytes) {
+        return Err(payload_too_large(max_bytes));
     }
     let bytes = req
         .bytes()
         .await
         .map_err(|_| ApiError::bad_request("invalid_body", "the request body could not be read"))?;
-    if bytes.len() > MAX_BODY_BYTES {
-        return Err(payload_too_large());
+    if bytes.len() > max_bytes {
+        return Err(payload_too_large(max_bytes));
     }
-    parse_json(&bytes)
+    Ok(bytes)
 }
 
 /// Parses JSON bytes with the API's error codes (split out so it is testable natively).
@@ -102,11 +113,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-fn payload_too_large() -> ApiError {
+fn payload_too_large(max_bytes: usize) -> ApiError {
     ApiError::new(
         413,
         "payload_too_large",
-        format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+        format!("the body is larger than {max_bytes} bytes"),
     )
 }
 

@@ -4,11 +4,14 @@
 //! `{"error": {"code", "message", "fields"?, ...}}` with a stable `code`. Frontends branch on the
 //! code; the message is for people. Nothing internal (SQL, gateway bodies, stack traces) leaks.
 
+use callmeback_domain::FieldErrors;
 use callmeback_gateway_api::codes;
 use serde_json::{Map, Value, json};
 use worker::Response;
 
+use crate::config::ConfigError;
 use crate::gateway::GatewayError;
+use crate::limits::LimiterError;
 
 /// A failure with its HTTP status and stable code.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,6 +60,12 @@ impl ApiError {
         Self::new(503, "dependency_unavailable", message)
             .with_extra("dependency", json!(dependency))
             .with_retry_after(1)
+    }
+
+    /// 400 `validation_failed` with every invalid field under `fields`.
+    pub fn validation_failed(errors: FieldErrors) -> Self {
+        let fields = serde_json::to_value(&errors).unwrap_or(Value::Null);
+        Self::bad_request("validation_failed", "some fields are invalid").with_fields(fields)
     }
 
     /// Something failed that the caller cannot fix; details only in the Worker's log.
@@ -120,6 +129,29 @@ impl From<worker::Error> for ApiError {
     fn from(err: worker::Error) -> Self {
         worker::console_error!("worker runtime error: {err}");
         Self::internal()
+    }
+}
+
+/// A deploy mistake: logged with the binding's name (never its value), answered 500
+/// `misconfigured` without details.
+impl From<ConfigError> for ApiError {
+    fn from(err: ConfigError) -> Self {
+        worker::console_error!("{err}");
+        Self::new(500, err.code(), "the service is misconfigured")
+    }
+}
+
+/// A limiter that cannot answer fails the request closed: 503 naming `rate_limiter` (a missing
+/// binding is a deploy mistake: 500).
+impl From<LimiterError> for ApiError {
+    fn from(err: LimiterError) -> Self {
+        worker::console_error!("{err}");
+        match err {
+            LimiterError::Binding(_) => Self::internal(),
+            LimiterError::Unavailable(_) => {
+                Self::dependency_unavailable("rate_limiter", "the rate limiter is unavailable")
+            }
+        }
     }
 }
 

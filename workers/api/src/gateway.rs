@@ -12,9 +12,9 @@ use callmeback_gateway_api::{
 use futures_util::future::{Either, select};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use worker::{AbortController, Delay, Fetch, Headers, Method, Request, RequestInit};
+use worker::{AbortController, Delay, Env, Fetch, Headers, Method, Request, RequestInit};
 
-use crate::config::GatewayConfig;
+use crate::config::{Config, ConfigError, GatewayConfig};
 
 /// Why a gateway call failed.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,8 +50,18 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(config: GatewayConfig, request_id: String) -> Self {
-        Self { config, request_id }
+    /// A client with the given configuration; `request_id` travels with every call.
+    pub fn new(config: &GatewayConfig, request_id: String) -> Self {
+        Self {
+            config: config.clone(),
+            request_id,
+        }
+    }
+
+    /// A client from the isolate's [`Config`], for code without a request context (a Durable
+    /// Object, a scheduled handler).
+    pub fn from_env(env: &Env, request_id: String) -> Result<Self, ConfigError> {
+        Ok(Self::new(Config::get(env).gateway.get()?, request_id))
     }
 
     /// Calls one operation.
@@ -71,7 +81,7 @@ impl Gateway {
     ) -> Result<R, GatewayError> {
         let body = serde_json::to_vec(body).map_err(|_| GatewayError::BadResponse(0))?;
         let url = format!("{}{path}", self.config.base_url);
-        let created = (js_sys::Date::now() / 1000.0) as i64;
+        let created = crate::time::now_secs();
         let nonce = random_nonce();
         let signed = callmeback_signing::sign_request(
             &self.config.key,

@@ -4,21 +4,36 @@
 //! `callmeback-signing`, the gateway contract in `callmeback-gateway-api`. This crate reads the
 //! request, calls the gateway, and renders JSON.
 //!
-//! Modules:
-//! - [`routes`]: the route table and handlers;
-//! - [`gateway`]: signed, time-bounded calls to db-gateway;
-//! - [`rate_limiter`]: the `RateLimiter` Durable Object (login attempt limits);
-//! - [`config`]: bindings (vars and secrets);
-//! - [`error`]: the one error type of the HTTP boundary.
+//! Modules, lowest first (none depends on one further down this list):
+//! - [`time`]: the clock (JavaScript's, the only one there is) and RFC 3339 formatting;
+//! - [`cors`]: CORS headers for the configured origins;
+//! - [`config`]: the typed [`config::Config`] (vars and secrets), read once per isolate, with
+//!   its own [`config::ConfigError`];
+//! - [`gateway`]: signed, time-bounded calls to db-gateway, built from a `Config` section;
+//!   failures are [`gateway::GatewayError`]s;
+//! - [`rate_limiter`]: the `RateLimiter` Durable Object; [`limits`]: its client (keys,
+//!   check/record/reset, atomic take, release);
+//! - [`error`]: [`error::ApiError`], the one error type of the HTTP boundary, and how
+//!   configuration, gateway and limiter errors become one;
+//! - [`rows`]: reading gateway rows (`int8` digit strings, missing rows);
+//! - [`ctx`]: per-request context (config, client address, request id) and body reading;
+//! - [`session`]: who is calling ([`session::Access`], tokens, the guard operations);
+//! - [`routes`]: the route table and handlers, one module per service.
+//!
+//! Durable Objects and other code without a request reach the same configuration and gateway
+//! with `Config::get(&env)` and `Gateway::from_env(&env, id)`, and never touch `ApiError`.
 
 pub mod config;
 pub mod cors;
 pub mod ctx;
 pub mod error;
 pub mod gateway;
+pub mod limits;
 pub mod rate_limiter;
 pub mod routes;
+pub mod rows;
 pub mod session;
+pub mod time;
 
 use worker::{Context, Env, Request, Response, event};
 

@@ -2,41 +2,49 @@
 //!
 //! A Durable Object gives each key a single writer, so concurrent requests cannot race past a
 //! limit, and its storage survives restarts (unlike an in-memory counter). The decision logic is
-//! `callmeback_domain::ratelimit`; this wrapper only loads and saves the log, and sets an alarm to
-//! forget the key once nothing in it can matter any more.
+//! `callmeback_domain::ratelimit`; this wrapper only loads and saves the log (a list of unix
+//! seconds under `events`), and sets an alarm to forget the key once nothing in it can matter any
+//! more. Callers use the client in [`crate::limits`], never this protocol directly.
 //!
 //! Protocol (internal; only the Worker calls it): `POST /` with
-//! `{"action": "check" | "record" | "reset", "policy": {"max_events", "window_secs"}}`, answered
-//! with a [`Decision`](callmeback_domain::Decision) as JSON.
+//! `{"action": "check" | "record" | "reset" | "take" | "release", "policy": {"max_events",
+//! "window_secs"}, "at"?}`, answered with a [`Take`](callmeback_domain::Take) for `take` and a
+//! `Decision` for everything else.
 
 use std::cell::RefCell;
 use std::time::Duration;
 
 use callmeback_domain::{Decision, RateLimitPolicy, SlidingWindowLog};
 use serde::{Deserialize, Serialize};
-use worker::{
-    DurableObject, Env, Method, ObjectNamespace, Request, RequestInit, Response, Result, State,
-    durable_object,
-};
+use serde_json::Value;
+use worker::{DurableObject, Env, Request, Response, Result, State, durable_object};
 
 const EVENTS_KEY: &str = "events";
 
 /// What a caller asks of a limiter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Action {
+pub(crate) enum Action {
     /// Would one more event be allowed? (Changes nothing.)
     Check,
     /// Count one event (e.g. a failed login) and answer for the next.
     Record,
     /// Forget every event (e.g. after a successful login).
     Reset,
+    /// Count one event if it is allowed, in the same step as the check.
+    Take,
+    /// Remove one event recorded at `at`.
+    Release,
 }
 
+/// One request to a limiter.
 #[derive(Debug, Serialize, Deserialize)]
-struct LimiterRequest {
-    action: Action,
-    policy: RateLimitPolicy,
+pub(crate) struct LimiterRequest {
+    pub(crate) action: Action,
+    pub(crate) policy: RateLimitPolicy,
+    /// The event to remove (`release` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) at: Option<u64>,
 }
 
 // State holds JS handles without Debug; the macro-generated glue needs none either.
@@ -48,6 +56,15 @@ pub struct RateLimiter {
     log: RefCell<Option<SlidingWindowLog>>,
 }
 
+/// What one action did to the log.
+struct Outcome {
+    answer: Value,
+    /// Whether the log must be saved.
+    changed: bool,
+    /// Whether an event was added (so the alarm must cover it).
+    added: bool,
+}
+
 impl DurableObject for RateLimiter {
     fn new(state: State, _env: Env) -> Self {
         Self {
@@ -57,32 +74,27 @@ impl DurableObject for RateLimiter {
     }
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
-        let Ok(LimiterRequest { action, policy }) = req.json().await else {
+        let Ok(LimiterRequest { action, policy, at }) = req.json().await else {
             return Response::error("bad limiter request", 400);
         };
         if !policy.is_valid() {
             return Response::error("invalid policy", 400);
         }
+        if action == Action::Release && at.is_none() {
+            return Response::error("release needs `at`", 400);
+        }
         self.ensure_loaded().await?;
-        let now = now_secs();
+        // The Workers clock never reads before 1970.
+        let now = u64::try_from(crate::time::now_secs()).unwrap_or(0);
         // The borrow ends before any await below.
-        let (decision, snapshot, expires_at) = {
+        let (outcome, snapshot, expires_at) = {
             let mut slot = self.log.borrow_mut();
             let log = slot.get_or_insert_with(SlidingWindowLog::default);
-            let decision = match action {
-                Action::Check => log.check(policy, now),
-                Action::Record => log.record(policy, now),
-                Action::Reset => {
-                    log.clear();
-                    Decision::Allowed {
-                        remaining: policy.max_events,
-                    }
-                }
-            };
-            (decision, log.events().to_vec(), log.expires_at(policy))
+            let outcome = apply(log, action, policy, at, now)?;
+            (outcome, log.events().to_vec(), log.expires_at(policy))
         };
         let storage = self.state.storage();
-        if action != Action::Check {
+        if outcome.changed {
             if snapshot.is_empty() {
                 storage.delete(EVENTS_KEY).await?;
             } else {
@@ -90,13 +102,13 @@ impl DurableObject for RateLimiter {
             }
         }
         if let Some(expires_at) = expires_at
-            && action == Action::Record
+            && outcome.added
         {
             storage
                 .set_alarm(Duration::from_secs(expires_at.saturating_sub(now).max(1)))
                 .await?;
         }
-        Response::from_json(&decision)
+        Response::from_json(&outcome.answer)
     }
 
     async fn alarm(&self) -> Result<Response> {
@@ -105,6 +117,44 @@ impl DurableObject for RateLimiter {
         self.log.replace(Some(SlidingWindowLog::default()));
         Response::ok("cleared")
     }
+}
+
+/// Carries out one action on the log (no I/O).
+fn apply(
+    log: &mut SlidingWindowLog,
+    action: Action,
+    policy: RateLimitPolicy,
+    at: Option<u64>,
+    now: u64,
+) -> Result<Outcome> {
+    let (answer, changed, added) = match action {
+        Action::Check => (json(log.check(policy, now))?, false, false),
+        Action::Record => (json(log.record(policy, now))?, true, true),
+        Action::Reset => {
+            log.clear();
+            let allowed = Decision::Allowed {
+                remaining: policy.max_events,
+            };
+            (json(allowed)?, true, false)
+        }
+        Action::Take => {
+            let take = log.take(policy, now);
+            (json(take)?, take.is_taken(), take.is_taken())
+        }
+        Action::Release => {
+            let released = at.is_some_and(|at| log.release(at));
+            (json(log.check(policy, now))?, released, false)
+        }
+    };
+    Ok(Outcome {
+        answer,
+        changed,
+        added,
+    })
+}
+
+fn json(answer: impl Serialize) -> Result<Value> {
+    Ok(serde_json::to_value(answer)?)
 }
 
 impl RateLimiter {
@@ -121,29 +171,68 @@ impl RateLimiter {
     }
 }
 
-fn now_secs() -> u64 {
-    (js_sys::Date::now() / 1000.0) as u64
-}
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
 
-/// Asks the limiter for `key` (from the Worker side).
-pub async fn ask(
-    namespace: &ObjectNamespace,
-    key: &str,
-    action: Action,
-    policy: RateLimitPolicy,
-) -> Result<Decision> {
-    let stub = namespace.id_from_name(key)?.get_stub()?;
-    let body = serde_json::to_string(&LimiterRequest { action, policy })?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post).with_body(Some(body.into()));
-    // The host is never resolved: a stub routes by object id; the URL only has to parse.
-    let request = Request::new_with_init("https://rate-limiter.internal/", &init)?;
-    let mut response = stub.fetch_with_request(request).await?;
-    if response.status_code() != 200 {
-        return Err(worker::Error::RustError(format!(
-            "rate limiter answered {}",
-            response.status_code()
-        )));
+    use super::*;
+
+    const P: RateLimitPolicy = RateLimitPolicy {
+        max_events: 2,
+        window_secs: 60,
+    };
+
+    fn run(log: &mut SlidingWindowLog, action: Action, at: Option<u64>, now: u64) -> Outcome {
+        apply(log, action, P, at, now).expect("answers serialise")
     }
-    response.json().await
+
+    #[test]
+    fn take_saves_and_arms_the_alarm_only_when_it_records() {
+        let mut log = SlidingWindowLog::default();
+        let first = run(&mut log, Action::Take, None, 100);
+        assert_eq!(
+            first.answer,
+            json!({"decision": "taken", "remaining": 1, "at": 100})
+        );
+        assert!(first.changed && first.added);
+        run(&mut log, Action::Take, None, 101);
+        let refused = run(&mut log, Action::Take, None, 102);
+        assert_eq!(
+            refused.answer,
+            json!({"decision": "limited", "retry_after_secs": 58})
+        );
+        assert!(!refused.changed && !refused.added);
+        assert_eq!(log.events(), &[100, 101]);
+    }
+
+    #[test]
+    fn release_removes_the_named_event_and_answers_for_the_next() {
+        let mut log = SlidingWindowLog::from_events(vec![100, 101]);
+        let released = run(&mut log, Action::Release, Some(101), 102);
+        assert_eq!(
+            released.answer,
+            json!({"decision": "allowed", "remaining": 1})
+        );
+        assert!(released.changed && !released.added);
+        assert_eq!(log.events(), &[100]);
+        let again = run(&mut log, Action::Release, Some(101), 102);
+        assert!(!again.changed, "nothing left to give back");
+    }
+
+    #[test]
+    fn check_record_and_reset_keep_their_protocol() {
+        let mut log = SlidingWindowLog::default();
+        let check = run(&mut log, Action::Check, None, 100);
+        assert_eq!(check.answer, json!({"decision": "allowed", "remaining": 2}));
+        assert!(!check.changed);
+        let record = run(&mut log, Action::Record, None, 100);
+        assert_eq!(
+            record.answer,
+            json!({"decision": "allowed", "remaining": 1})
+        );
+        assert!(record.changed && record.added);
+        let reset = run(&mut log, Action::Reset, None, 100);
+        assert_eq!(reset.answer, json!({"decision": "allowed", "remaining": 2}));
+        assert!(reset.changed && log.events().is_empty());
+    }
 }

@@ -7,17 +7,25 @@
 //! token is therefore refused on its very next request, and the check costs no round trip of its
 //! own; if it fails, the batch rolls back and nothing else ran.
 
-use std::cell::RefCell;
-use std::rc::Rc;
-
-use callmeback_auth::{Keyring, Role, SessionClaims};
+use callmeback_auth::{Role, SessionClaims};
+use callmeback_gateway_api::ops::auth;
 use callmeback_gateway_api::{OpCall, OpResult, codes};
-use worker::{Env, Request};
+use worker::Request;
 
 use crate::ctx::RequestCtx;
 use crate::error::ApiError;
 use crate::gateway::GatewayError;
-use crate::routes::Access;
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone.
+    Public,
+    /// A signed-in user (a valid, unrevoked session token).
+    User,
+    /// A signed-in user whose role is `admin` (checked against the database).
+    Admin,
+}
 
 /// A verified caller.
 #[derive(Debug, Clone)]
@@ -35,12 +43,12 @@ impl Session {
     /// The operations that must succeed before this session's own operations run.
     fn guard_ops(&self) -> Vec<OpCall> {
         let mut ops = vec![
-            OpCall::new("auth.session_check")
+            OpCall::of(&auth::SESSION_CHECK)
                 .param("user_id", self.claims.sub.as_str())
                 .param("jti", self.claims.jti.as_str()),
         ];
         if self.access == Access::Admin {
-            ops.push(OpCall::new("auth.require_admin").param("user_id", self.claims.sub.as_str()));
+            ops.push(OpCall::of(&auth::REQUIRE_ADMIN).param("user_id", self.claims.sub.as_str()));
         }
         ops
     }
@@ -59,38 +67,6 @@ pub fn forbidden() -> ApiError {
     ApiError::new(403, "forbidden", "this route needs the admin role")
 }
 
-/// The JWT keyring from the `JWT_SIGNING_KEYS` secret (`kid:base64,kid:base64`; first one signs).
-///
-/// Parsed once per isolate and reused while the secret is unchanged: every authenticated request
-/// needs it, and decoding keys per request would be wasted CPU on the hot path.
-pub fn keyring(env: &Env) -> Result<Rc<Keyring>, ApiError> {
-    thread_local! {
-        static CACHE: RefCell<Option<(String, Rc<Keyring>)>> = const { RefCell::new(None) };
-    }
-    let spec = env
-        .secret("JWT_SIGNING_KEYS")
-        .map(|s| s.to_string())
-        .map_err(|_| misconfigured())?;
-    if let Some(cached) = CACHE.with_borrow(|cache| {
-        cache
-            .as_ref()
-            .filter(|(cached_spec, _)| *cached_spec == spec)
-            .map(|(_, ring)| Rc::clone(ring))
-    }) {
-        return Ok(cached);
-    }
-    let ring = Rc::new(Keyring::parse(&spec).map_err(|e| {
-        worker::console_error!("JWT_SIGNING_KEYS is invalid: {e}");
-        misconfigured()
-    })?);
-    CACHE.with_borrow_mut(|cache| *cache = Some((spec, Rc::clone(&ring))));
-    Ok(ring)
-}
-
-fn misconfigured() -> ApiError {
-    ApiError::new(500, "misconfigured", "the service is misconfigured")
-}
-
 /// Verifies the bearer token of a request for a route with the given access level.
 pub fn authenticate(ctx: &RequestCtx, req: &Request, access: Access) -> Result<Session, ApiError> {
     let header = req
@@ -103,7 +79,11 @@ pub fn authenticate(ctx: &RequestCtx, req: &Request, access: Access) -> Result<S
         .strip_prefix("Bearer ")
         .ok_or_else(unauthorized)?
         .trim();
-    let verified = keyring(&ctx.env)?
+    // The keyring is parsed once per isolate (see `crate::config`), not per request.
+    let verified = ctx
+        .config
+        .jwt
+        .get()?
         .verify(token, ctx.now_secs())
         .map_err(|reason| {
             worker::console_log!(
@@ -169,4 +149,29 @@ pub async fn authed_call(
 ) -> Result<OpResult, ApiError> {
     let mut results = authed_batch(ctx, session, vec![op]).await?;
     results.pop().ok_or_else(ApiError::internal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guard_calls_match_their_specs() {
+        let session = |access| Session {
+            claims: SessionClaims {
+                jti: "tok_1".to_owned(),
+                sub: "usr_1".to_owned(),
+                email: "ada@example.com".to_owned(),
+                role: Role::Admin,
+            },
+            expires_at: 1_800_000_000,
+            access,
+        };
+        assert_eq!(session(Access::User).guard_ops().len(), 1);
+        let admin = session(Access::Admin).guard_ops();
+        assert_eq!(admin.len(), 2);
+        for call in admin {
+            assert_eq!(call.conforms(), Ok(()), "{}", call.op);
+        }
+    }
 }

@@ -13,10 +13,14 @@
 //! - [`budget`]: per-user spending caps, and whether to carry on, warn or cut off.
 //! - [`validate`]: checks on API input that produce field-level errors ([`FieldErrors`]), plus
 //!   checked newtypes: [`Email`], [`PhoneE164`] (masked when printed), [`Password`], [`Name`].
+//! - [`fields`]: partial-update (`PUT`) bodies checked member by member: keep, clear or set.
+//! - [`personas`]: the input rules of personas, relationships and scenario templates.
 //! - [`stripe`]: Stripe webhook signature verification (HMAC-SHA256, in constant time, with
 //!   secret rotation).
-//! - [`ratelimit`]: sliding-window rate limits (login attempts), the logic behind the
-//!   `RateLimiter` Durable Object.
+//! - [`stripe_events`]: which Stripe events matter and what each asks for (a purchase, a
+//!   subscription refill or end), decided from the event alone.
+//! - [`ratelimit`]: sliding-window rate limits (check/record, or an atomic take with release),
+//!   the logic behind the `RateLimiter` Durable Object.
 //! - [`calls`]: a call's statuses, how Twilio's map onto them, and the never-backwards rule.
 //! - [`schedule`]: recurring calls in local time (IANA zones, daylight-saving changes).
 //! - [`ids`]: prefixed ids such as `usr_…`, built from caller-supplied random bytes.
@@ -25,18 +29,21 @@
 
 pub mod budget;
 pub mod calls;
+pub mod fields;
 pub mod ids;
+pub mod personas;
 pub mod pricing;
 pub mod ratelimit;
 pub mod schedule;
 pub mod stripe;
+pub mod stripe_events;
 pub mod tier;
 pub mod validate;
 
 pub use budget::{BudgetLimit, BudgetSettings, BudgetStatus};
 pub use ids::{is_valid_id, new_id};
 pub use pricing::{Cents, CostBreakdown, Usage};
-pub use ratelimit::{Decision, RateLimitPolicy, SlidingWindowLog};
+pub use ratelimit::{Decision, RateLimitPolicy, SlidingWindowLog, Take};
 pub use stripe::{StripeSigError, sign_stripe_payload, verify_stripe_signature};
 pub use tier::{CallGrant, CallRefusal, Tier, TierLimits, can_start_call, credits_for_call};
 pub use validate::{

@@ -4,6 +4,17 @@
 //! Durable Object, which gives each key a single writer; this module decides. A sliding log is
 //! exact (no burst at window edges, unlike fixed windows) and small: it never keeps more than
 //! `max_events` timestamps, because older ones cannot change the answer.
+//!
+//! Two ways to use a log:
+//! - [`check`](SlidingWindowLog::check) first, [`record`](SlidingWindowLog::record) afterwards,
+//!   for events that count only once their outcome is known (a failed login);
+//! - [`take`](SlidingWindowLog::take), which checks and records in one step, for events that
+//!   count as soon as they start (a call placed). Because the Durable Object runs one request at a
+//!   time per key, two concurrent takes can never both get the last slot. A slot taken for
+//!   something that then did not happen is given back with
+//!   [`release`](SlidingWindowLog::release).
+//!
+//! Time is passed in (unix seconds), so every rule is tested with a fake clock.
 
 use serde::{Deserialize, Serialize};
 
@@ -53,10 +64,28 @@ impl Decision {
     }
 }
 
+/// The answer to [`SlidingWindowLog::take`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum Take {
+    /// The event was recorded at `at` (give it back with [`SlidingWindowLog::release`]);
+    /// `remaining` more fit in the window.
+    Taken { remaining: u32, at: u64 },
+    /// At the limit: nothing was recorded. The oldest counted event leaves the window in
+    /// `retry_after_secs`.
+    Limited { retry_after_secs: u64 },
+}
+
 /// Event times (unix seconds), oldest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlidingWindowLog {
     events: Vec<u64>,
+}
+
+impl Take {
+    pub fn is_taken(&self) -> bool {
+        matches!(self, Self::Taken { .. })
+    }
 }
 
 impl SlidingWindowLog {
@@ -102,6 +131,33 @@ impl SlidingWindowLog {
         self.prune(policy, now);
         self.events.push(now);
         self.check(policy, now)
+    }
+
+    /// Checks and records in one step: when one more event is allowed it is recorded at `now`;
+    /// at the limit nothing is recorded.
+    pub fn take(&mut self, policy: RateLimitPolicy, now: u64) -> Take {
+        match self.check(policy, now) {
+            Decision::Allowed { remaining } => {
+                self.events.push(now);
+                Take::Taken {
+                    remaining: remaining - 1,
+                    at: now,
+                }
+            }
+            Decision::Limited { retry_after_secs } => Take::Limited { retry_after_secs },
+        }
+    }
+
+    /// Removes one event recorded at `at` (a slot given back). `false` when there is none: it
+    /// has left the window already, or was never recorded.
+    pub fn release(&mut self, at: u64) -> bool {
+        match self.events.iter().rposition(|&t| t == at) {
+            Some(index) => {
+                self.events.remove(index);
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn clear(&mut self) {
@@ -198,5 +254,101 @@ mod tests {
             .is_valid()
         );
         assert!(RateLimitPolicy::LOGIN_FAILURES_PER_IP.is_valid());
+    }
+
+    #[test]
+    fn take_records_only_what_it_allows() {
+        let mut log = SlidingWindowLog::default();
+        assert_eq!(
+            log.take(P, 1000),
+            Take::Taken {
+                remaining: 2,
+                at: 1000
+            }
+        );
+        assert_eq!(
+            log.take(P, 1010),
+            Take::Taken {
+                remaining: 1,
+                at: 1010
+            }
+        );
+        assert_eq!(
+            log.take(P, 1020),
+            Take::Taken {
+                remaining: 0,
+                at: 1020
+            }
+        );
+        assert_eq!(
+            log.take(P, 1030),
+            Take::Limited {
+                retry_after_secs: 30
+            }
+        );
+        // The refused take left nothing behind.
+        assert_eq!(log.events(), &[1000, 1010, 1020]);
+        // Once the oldest leaves the window, there is room again.
+        assert_eq!(
+            log.take(P, 1060),
+            Take::Taken {
+                remaining: 0,
+                at: 1060
+            }
+        );
+        assert_eq!(log.events(), &[1010, 1020, 1060]);
+    }
+
+    #[test]
+    fn release_gives_back_exactly_one_slot() {
+        let mut log = SlidingWindowLog::default();
+        for _ in 0..3 {
+            log.take(P, 500);
+        }
+        assert!(!log.take(P, 501).is_taken());
+        assert!(log.release(500));
+        assert_eq!(log.events(), &[500, 500]);
+        assert_eq!(
+            log.take(P, 502),
+            Take::Taken {
+                remaining: 0,
+                at: 502
+            }
+        );
+        // Nothing was recorded at 501, and a slot cannot be given back twice.
+        assert!(!log.release(501));
+        assert!(log.release(502));
+        assert!(!log.release(502));
+        assert_eq!(log.check(P, 503), Decision::Allowed { remaining: 1 });
+    }
+
+    #[test]
+    fn a_released_event_that_already_left_the_window_changes_nothing() {
+        let mut log = SlidingWindowLog::default();
+        let Take::Taken { at, .. } = log.take(P, 100) else {
+            panic!("an empty log allows")
+        };
+        log.take(P, 200);
+        assert!(!log.release(at), "pruned when 200 was taken");
+        assert_eq!(log.events(), &[200]);
+    }
+
+    #[test]
+    fn take_answers_cross_json_like_decisions() {
+        assert_eq!(
+            serde_json::to_value(Take::Taken {
+                remaining: 2,
+                at: 7
+            })
+            .unwrap(),
+            serde_json::json!({"decision": "taken", "remaining": 2, "at": 7})
+        );
+        assert_eq!(
+            serde_json::to_value(Take::Limited {
+                retry_after_secs: 9
+            })
+            .unwrap(),
+            serde_json::json!({"decision": "limited", "retry_after_secs": 9})
+        );
     }
 }

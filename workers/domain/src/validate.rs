@@ -84,6 +84,16 @@ pub struct FieldError {
     pub message: String,
 }
 
+impl FieldError {
+    /// An error with a code of the caller's own (for rules that are not a [`ValidationError`]).
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        FieldError {
+            code: Cow::Borrowed(code),
+            message: message.into(),
+        }
+    }
+}
+
 impl From<ValidationError> for FieldError {
     fn from(error: ValidationError) -> Self {
         FieldError {

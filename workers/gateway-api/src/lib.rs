@@ -21,9 +21,17 @@
 //!
 //! JavaScript numbers lose integers past 2^53, which is why 64-bit integers and decimals cross as
 //! strings: nothing is ever rounded through a float.
+//!
+//! # Operations
+//! Every operation's name and parameters are declared once, in [`ops`]; the gateway serves
+//! exactly [`ops::ALL`] and the Worker builds its calls from the same declarations.
+
+pub mod ops;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+use crate::ops::{OpSpec, SpecMismatch};
 
 /// Path of the single-operation endpoint.
 pub const OP_PATH: &str = "/v1/op";
@@ -33,7 +41,12 @@ pub const BATCH_PATH: &str = "/v1/batch";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// One call of a named operation with named parameters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Build calls with [`OpCall::of`] from the operation's [`OpSpec`]: then [`param`](Self::param)
+/// refuses (in debug builds) a name the operation does not declare, and
+/// [`conforms`](Self::conforms) checks the whole call. [`OpCall::new`] builds an unchecked call
+/// (for operations outside [`ops::ALL`], such as tests' own).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OpCall {
     /// Registry name, e.g. `system.ping`, `users.get_by_email`.
@@ -41,22 +54,90 @@ pub struct OpCall {
     /// Parameters by name; each is checked against the operation's declared type.
     #[serde(default)]
     pub params: Map<String, Value>,
+    /// The declaration the call was built from; never on the wire.
+    #[serde(skip)]
+    spec: Option<&'static OpSpec>,
 }
 
 impl OpCall {
-    /// A call with no parameters.
+    /// A call of `spec` with no parameters yet.
+    pub fn of(spec: &'static OpSpec) -> Self {
+        Self {
+            op: spec.name.to_owned(),
+            params: Map::new(),
+            spec: Some(spec),
+        }
+    }
+
+    /// An unchecked call of any name, with no parameters yet.
     pub fn new(op: impl Into<String>) -> Self {
         Self {
             op: op.into(),
             params: Map::new(),
+            spec: None,
         }
     }
 
-    /// Adds one parameter (builder style).
+    /// The declaration the call was built from ([`OpCall::of`]).
+    pub fn spec(&self) -> Option<&'static OpSpec> {
+        self.spec
+    }
+
+    /// Adds one parameter (builder style). For a call built with [`OpCall::of`], a name the
+    /// operation does not declare is a bug: debug builds panic on it.
     #[must_use]
     pub fn param(mut self, name: &str, value: impl Into<Value>) -> Self {
+        if let Some(spec) = self.spec {
+            debug_assert!(
+                spec.declares(name),
+                "operation `{}` declares no parameter `{name}`",
+                spec.name
+            );
+        }
         self.params.insert(name.to_owned(), value.into());
         self
+    }
+
+    /// Adds several parameters, each as [`param`](Self::param) does.
+    #[must_use]
+    pub fn with_params(self, params: Map<String, Value>) -> Self {
+        params
+            .into_iter()
+            .fold(self, |call, (name, value)| call.param(&name, value))
+    }
+
+    /// Whether the call matches its spec: every parameter declared, every required one present
+    /// and not `null`. Types are the gateway's to check.
+    pub fn conforms(&self) -> Result<(), SpecMismatch> {
+        let spec = self.spec.ok_or_else(|| SpecMismatch::NoSpec {
+            op: self.op.clone(),
+        })?;
+        if let Some(name) = self.params.keys().find(|name| !spec.declares(name)) {
+            return Err(SpecMismatch::Undeclared {
+                op: spec.name,
+                param: name.clone(),
+            });
+        }
+        if let Some(missing) = spec
+            .params
+            .iter()
+            .filter(|param| param.required)
+            .find(|param| self.params.get(param.name).is_none_or(Value::is_null))
+        {
+            return Err(SpecMismatch::MissingRequired {
+                op: spec.name,
+                param: missing.name,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Two calls are equal when they name the same operation with the same parameters (how they
+/// were built does not matter).
+impl PartialEq for OpCall {
+    fn eq(&self, other: &Self) -> bool {
+        self.op == other.op && self.params == other.params
     }
 }
 
@@ -147,6 +228,46 @@ mod tests {
         let json = serde_json::to_string(&call).unwrap();
         assert_eq!(serde_json::from_str::<OpCall>(&json).unwrap(), call);
         assert!(serde_json::from_str::<OpCall>(r#"{"op":"x","sql":"drop table"}"#).is_err());
+    }
+
+    #[test]
+    fn calls_built_from_a_spec_are_checked_against_it() {
+        use crate::ops::billing::CREDITS_DEDUCT;
+
+        let call = OpCall::of(&CREDITS_DEDUCT)
+            .param("user_id", "usr_1")
+            .param("amount", 3);
+        assert_eq!(
+            call.conforms(),
+            Err(SpecMismatch::MissingRequired {
+                op: "credits.deduct",
+                param: "transaction_id"
+            })
+        );
+        let call = call
+            .param("transaction_id", "txn_1")
+            .param("call_id", None::<&str>);
+        assert_eq!(call.conforms(), Ok(()));
+        let json = serde_json::to_string(&call).unwrap();
+        assert_eq!(serde_json::from_str::<OpCall>(&json).unwrap(), call);
+
+        let mut extra = call.clone();
+        extra.params.insert("bogus".to_owned(), Value::Null);
+        assert!(matches!(
+            extra.conforms(),
+            Err(SpecMismatch::Undeclared { ref param, .. }) if param == "bogus"
+        ));
+        assert!(matches!(
+            OpCall::new("credits.deduct").conforms(),
+            Err(SpecMismatch::NoSpec { .. })
+        ));
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "declares no parameter `bogus`")]
+    fn an_undeclared_parameter_is_refused_in_debug_builds() {
+        let _ = OpCall::of(&crate::ops::system::PING).param("bogus", 1);
     }
 
     #[test]

@@ -48,19 +48,20 @@ use callmeback_domain::{
     BudgetSettings, Decision, Email, FieldError, FieldErrors, Name, Password, PhoneE164,
     RateLimitPolicy, Tier, ValidationError, new_id,
 };
-use callmeback_gateway_api::{OpCall, OpResult, codes};
+use callmeback_gateway_api::ops::accounts;
+use callmeback_gateway_api::{OpCall, codes};
 use futures_util::future::join;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use sha2::{Digest as _, Sha256};
-use worker::{Method, ObjectNamespace, Response};
+use worker::{Method, Response};
 
-use super::{Access, Call, RouteDef, Service, json_response, random_16};
+use super::{Access, RouteDef, RouteRequest, Service, json_response, random_16};
 use crate::ctx::{RequestCtx, read_json};
 use crate::error::ApiError;
 use crate::gateway::GatewayError;
-use crate::rate_limiter::{self, Action};
-use crate::session::{self, authed_batch, authed_call};
+use crate::limits::{LimitKey, Limiter};
+use crate::session::{Session, authed_batch, authed_call};
+use crate::{rows, time};
 
 const REGISTER: &str = "register";
 const LOGIN: &str = "login";
@@ -106,22 +107,19 @@ pub(super) const ROUTES: &[RouteDef] = &[
     ),
 ];
 
-pub(super) async fn handle(route: &RouteDef, call: Call) -> Result<Response, ApiError> {
+pub(super) async fn handle(route: &RouteDef, request: RouteRequest) -> Result<Response, ApiError> {
     match route.name {
-        REGISTER => register(call).await,
-        LOGIN => login(call).await,
-        LOGOUT => logout(call).await,
-        GET_ME => me(call).await,
-        ADMIN_SET_USER_ROLE => set_user_role(call).await,
+        REGISTER => register(request).await,
+        LOGIN => login(request).await,
+        LOGOUT => logout(request).await,
+        GET_ME => me(request).await,
+        ADMIN_SET_USER_ROLE => set_user_role(request).await,
         _ => Err(ApiError::not_found()),
     }
 }
 
 /// Longest password the gateway accepts (bytes); anything longer cannot be anyone's password.
 const MAX_PASSWORD_BYTES: usize = 1024;
-/// Bounds for `LOGIN_FAILURE_WINDOW_SECS`.
-const MIN_WINDOW_SECS: u64 = 1;
-const MAX_WINDOW_SECS: u64 = 24 * 3600;
 /// Longest user id accepted from a path (the column's own limit).
 const MAX_USER_ID_LEN: usize = 255;
 
@@ -194,13 +192,13 @@ fn registration_ops(user_id: &str, account: &NewAccount, ip: &str) -> Vec<OpCall
     let free = Tier::Free.limits();
     let budget = BudgetSettings::default();
     vec![
-        OpCall::new("accounts.create_user")
+        OpCall::of(&accounts::CREATE_USER)
             .param("id", user_id)
             .param("email", account.email.as_str())
             .param("password", account.password.expose_secret())
             .param("name", account.name.as_ref().map(|name| name.as_str()))
             .param("phone", account.phone.as_ref().map(|phone| phone.as_str())),
-        OpCall::new("accounts.create_credits")
+        OpCall::of(&accounts::CREATE_CREDITS)
             .param("user_id", user_id)
             .param("tier", Tier::Free.as_str())
             .param(
@@ -209,7 +207,7 @@ fn registration_ops(user_id: &str, account: &NewAccount, ip: &str) -> Vec<OpCall
             )
             .param("max_calls_per_day", free.calls_per_day)
             .param("max_call_duration_seconds", free.max_call_seconds),
-        OpCall::new("accounts.create_budget_settings")
+        OpCall::of(&accounts::CREATE_BUDGET_SETTINGS)
             .param("user_id", user_id)
             .param("max_cost_per_call_cents", budget.max_cost_per_call_cents)
             .param("max_monthly_spend_cents", budget.max_monthly_spend_cents)
@@ -219,14 +217,14 @@ fn registration_ops(user_id: &str, account: &NewAccount, ip: &str) -> Vec<OpCall
     ]
 }
 
-async fn register(mut call: Call) -> Result<Response, ApiError> {
-    let body: RegisterBody = read_json(&mut call.req).await?;
-    let account = validate_registration(body).map_err(validation_failed)?;
-    let ctx = &call.ctx;
-    let limiter = limiter_namespace(ctx)?;
-    let ip_key = format!("register-ip:{}", ctx.client_ip);
+async fn register(mut request: RouteRequest) -> Result<Response, ApiError> {
+    let body: RegisterBody = read_json(&mut request.req).await?;
+    let account = validate_registration(body).map_err(ApiError::validation_failed)?;
+    let ctx = &request.ctx;
+    let limiter = Limiter::from_env(&ctx.env)?;
+    let ip_key = LimitKey::register_ip(&ctx.client_ip);
     let policy = RateLimitPolicy::REGISTRATIONS_PER_IP;
-    refuse_if_limited(limiter_decision(&limiter, &ip_key, Action::Check, policy).await?)?;
+    refuse_if_limited(limiter.check(&ip_key, policy).await?)?;
 
     let user_id = new_id(prefix::USER, random_16()?);
     let outcome = ctx
@@ -234,11 +232,10 @@ async fn register(mut call: Call) -> Result<Response, ApiError> {
         .batch(registration_ops(&user_id, &account, &ctx.client_ip))
         .await;
     // Every attempt that reached the database counts, created or not.
-    if let Err(error) = limiter_decision(&limiter, &ip_key, Action::Record, policy).await {
+    if let Err(error) = limiter.record(&ip_key, policy).await {
         worker::console_error!(
-            "request {}: registration not counted: {}",
-            ctx.request_id,
-            error.code
+            "request {}: registration not counted: {error}",
+            ctx.request_id
         );
     }
     let results = match outcome {
@@ -253,8 +250,8 @@ async fn register(mut call: Call) -> Result<Response, ApiError> {
     let user = results
         .into_iter()
         .next()
-        .and_then(|result| result.rows.into_iter().next())
-        .ok_or_else(missing_row)?;
+        .ok_or_else(ApiError::internal)
+        .and_then(rows::into_first_row)?;
     session_response(ctx, 201, &user)
 }
 
@@ -305,49 +302,19 @@ fn login_credentials(body: LoginBody) -> Result<Credentials, FieldErrors> {
     }
 }
 
-/// The limiter key of an account: a hash of its normalised email, never the address.
-fn account_limiter_key(normalised_email: &str) -> String {
-    format!(
-        "login-account:{}",
-        hex::encode(Sha256::digest(normalised_email.as_bytes()))
-    )
-}
-
-fn ip_limiter_key(ip: &str) -> String {
-    format!("login-ip:{ip}")
-}
-
-/// The two login policies, with the window from `LOGIN_FAILURE_WINDOW_SECS` when it is set.
-fn login_policies(window_override: Option<&str>) -> (RateLimitPolicy, RateLimitPolicy) {
-    let mut per_ip = RateLimitPolicy::LOGIN_FAILURES_PER_IP;
-    let mut per_account = RateLimitPolicy::LOGIN_FAILURES_PER_ACCOUNT;
-    if let Some(window) = window_override
-        .and_then(|text| text.trim().parse::<u64>().ok())
-        .filter(|secs| (MIN_WINDOW_SECS..=MAX_WINDOW_SECS).contains(secs))
-    {
-        per_ip.window_secs = window;
-        per_account.window_secs = window;
-    }
-    (per_ip, per_account)
-}
-
-async fn login(mut call: Call) -> Result<Response, ApiError> {
-    let body: LoginBody = read_json(&mut call.req).await?;
-    let credentials = login_credentials(body).map_err(validation_failed)?;
-    let ctx = &call.ctx;
-    let limiter = limiter_namespace(ctx)?;
-    let override_var = ctx
-        .env
-        .var("LOGIN_FAILURE_WINDOW_SECS")
-        .ok()
-        .map(|var| var.to_string());
-    let (ip_policy, account_policy) = login_policies(override_var.as_deref());
-    let ip_key = ip_limiter_key(&ctx.client_ip);
-    let account_key = account_limiter_key(&credentials.email);
+async fn login(mut request: RouteRequest) -> Result<Response, ApiError> {
+    let body: LoginBody = read_json(&mut request.req).await?;
+    let credentials = login_credentials(body).map_err(ApiError::validation_failed)?;
+    let ctx = &request.ctx;
+    let limiter = Limiter::from_env(&ctx.env)?;
+    let ip_policy = ctx.config.login.per_ip;
+    let account_policy = ctx.config.login.per_account;
+    let ip_key = LimitKey::login_ip(&ctx.client_ip);
+    let account_key = LimitKey::login_account(&credentials.email);
 
     let (by_ip, by_account) = join(
-        limiter_decision(&limiter, &ip_key, Action::Check, ip_policy),
-        limiter_decision(&limiter, &account_key, Action::Check, account_policy),
+        limiter.check(&ip_key, ip_policy),
+        limiter.check(&account_key, account_policy),
     )
     .await;
     refuse_if_limited_any(by_ip?, by_account?)?;
@@ -356,10 +323,7 @@ async fn login(mut call: Call) -> Result<Response, ApiError> {
         // No stored password can be this long; the gateway would refuse to hash it.
         None
     } else {
-        let attempt = OpCall::new("accounts.login")
-            .param("email", credentials.email.as_str())
-            .param("password", credentials.password.as_str())
-            .param("ip", ctx.client_ip.as_str());
+        let attempt = login_op(&credentials, &ctx.client_ip);
         match ctx.gateway()?.call(&attempt).await {
             Ok(result) => Some(result),
             Err(GatewayError::Rejected { code, .. }) if code == codes::PRECONDITION_FAILED => None,
@@ -369,8 +333,8 @@ async fn login(mut call: Call) -> Result<Response, ApiError> {
 
     let Some(result) = verified else {
         let (ip_recorded, account_recorded) = join(
-            limiter_decision(&limiter, &ip_key, Action::Record, ip_policy),
-            limiter_decision(&limiter, &account_key, Action::Record, account_policy),
+            limiter.record(&ip_key, ip_policy),
+            limiter.record(&account_key, account_policy),
         )
         .await;
         if ip_recorded.is_err() || account_recorded.is_err() {
@@ -378,17 +342,14 @@ async fn login(mut call: Call) -> Result<Response, ApiError> {
         }
         return Err(invalid_credentials());
     };
-    if limiter_decision(&limiter, &account_key, Action::Reset, account_policy)
-        .await
-        .is_err()
-    {
+    if let Err(error) = limiter.reset(&account_key, account_policy).await {
         // The counter then lifts at the end of its window; the login itself is fine.
         worker::console_error!(
-            "request {}: the account's failure counter was not reset",
+            "request {}: the account's failure counter was not reset: {error}",
             ctx.request_id
         );
     }
-    let user = first_row(result)?;
+    let user = rows::into_first_row(result)?;
     session_response(ctx, 200, &user)
 }
 
@@ -400,28 +361,17 @@ fn invalid_credentials() -> ApiError {
 // Logout and me
 // ---------------------------------------------------------------------------------------------
 
-async fn logout(call: Call) -> Result<Response, ApiError> {
-    let session = call.session()?;
-    let ops = vec![
-        OpCall::new("accounts.revoke_token")
-            .param("jti", session.claims.jti.as_str())
-            .param("user_id", session.user_id())
-            .param("expires_at_unix", session.expires_at),
-        audit_op("logout", Some(session.user_id()), &call.ctx.client_ip),
-    ];
-    authed_batch(&call.ctx, session, ops).await?;
+async fn logout(request: RouteRequest) -> Result<Response, ApiError> {
+    let session = request.session()?;
+    let ops = logout_ops(session, &request.ctx.client_ip);
+    authed_batch(&request.ctx, session, ops).await?;
     Ok(Response::empty()?.with_status(204))
 }
 
-async fn me(call: Call) -> Result<Response, ApiError> {
-    let session = call.session()?;
-    let result = authed_call(
-        &call.ctx,
-        session,
-        OpCall::new("accounts.get_user").param("user_id", session.user_id()),
-    )
-    .await?;
-    let row = first_row(result)?;
+async fn me(request: RouteRequest) -> Result<Response, ApiError> {
+    let session = request.session()?;
+    let result = authed_call(&request.ctx, session, get_user_op(session.user_id())).await?;
+    let row = rows::into_first_row(result)?;
     json_response(
         200,
         &json!({
@@ -452,10 +402,7 @@ fn parse_role(body: RoleBody) -> Result<Role, FieldErrors> {
         Some(Ok(role)) => return Ok(role),
         Some(Err(_)) => errors.add(
             "role",
-            FieldError {
-                code: "invalid_choice".into(),
-                message: "must be one of: user, admin".to_owned(),
-            },
+            FieldError::new("invalid_choice", "must be one of: user, admin"),
         ),
         None => errors.add("role", ValidationError::Required),
     }
@@ -466,14 +413,14 @@ fn is_plausible_user_id(id: &str) -> bool {
     (1..=MAX_USER_ID_LEN).contains(&id.len()) && !id.chars().any(char::is_control)
 }
 
-async fn set_user_role(mut call: Call) -> Result<Response, ApiError> {
-    let target = call.params.get("id").to_owned();
+async fn set_user_role(mut request: RouteRequest) -> Result<Response, ApiError> {
+    let target = request.params.get("id").to_owned();
     if !is_plausible_user_id(&target) {
         return Err(user_not_found());
     }
-    let body: RoleBody = read_json(&mut call.req).await?;
-    let role = parse_role(body).map_err(validation_failed)?;
-    let session = call.session()?;
+    let body: RoleBody = read_json(&mut request.req).await?;
+    let role = parse_role(body).map_err(ApiError::validation_failed)?;
+    let session = request.session()?;
     if target == session.user_id() {
         // An admin demoting themselves could leave no admin at all; another admin must do it.
         return Err(ApiError::new(
@@ -482,19 +429,17 @@ async fn set_user_role(mut call: Call) -> Result<Response, ApiError> {
             "an admin cannot change their own role",
         ));
     }
-    let op = OpCall::new("accounts.set_role")
-        .param("user_id", target.as_str())
-        .param("role", role.as_str())
-        .param("actor_user_id", session.user_id())
-        .param("ip", call.ctx.client_ip.as_str());
-    let result = authed_call(&call.ctx, session, op).await.map_err(|error| {
-        if error.code == codes::PRECONDITION_FAILED {
-            user_not_found()
-        } else {
-            error
-        }
-    })?;
-    let row = first_row(result)?;
+    let op = set_role_op(&target, role, session.user_id(), &request.ctx.client_ip);
+    let result = authed_call(&request.ctx, session, op)
+        .await
+        .map_err(|error| {
+            if error.code == codes::PRECONDITION_FAILED {
+                user_not_found()
+            } else {
+                error
+            }
+        })?;
+    let row = rows::into_first_row(result)?;
     json_response(200, &json!({ "user": user_json(&row) }))
 }
 
@@ -507,9 +452,40 @@ fn user_not_found() -> ApiError {
 // ---------------------------------------------------------------------------------------------
 
 fn audit_op(event_type: &str, user_id: Option<&str>, ip: &str) -> OpCall {
-    OpCall::new("accounts.audit")
+    OpCall::of(&accounts::AUDIT)
         .param("event_type", event_type)
         .param("user_id", user_id)
+        .param("ip", ip)
+}
+
+/// The password check, which the gateway runs (`accounts.login` is a procedure).
+fn login_op(credentials: &Credentials, ip: &str) -> OpCall {
+    OpCall::of(&accounts::LOGIN)
+        .param("email", credentials.email.as_str())
+        .param("password", credentials.password.as_str())
+        .param("ip", ip)
+}
+
+/// Revokes the session's token until it would have expired, with the audit row.
+fn logout_ops(session: &Session, ip: &str) -> Vec<OpCall> {
+    vec![
+        OpCall::of(&accounts::REVOKE_TOKEN)
+            .param("jti", session.claims.jti.as_str())
+            .param("user_id", session.user_id())
+            .param("expires_at_unix", session.expires_at),
+        audit_op("logout", Some(session.user_id()), ip),
+    ]
+}
+
+fn get_user_op(user_id: &str) -> OpCall {
+    OpCall::of(&accounts::GET_USER).param("user_id", user_id)
+}
+
+fn set_role_op(target: &str, role: Role, actor_user_id: &str, ip: &str) -> OpCall {
+    OpCall::of(&accounts::SET_ROLE)
+        .param("user_id", target)
+        .param("role", role.as_str())
+        .param("actor_user_id", actor_user_id)
         .param("ip", ip)
 }
 
@@ -539,12 +515,7 @@ fn session_response(
     status: u16,
     user: &Map<String, Value>,
 ) -> Result<Response, ApiError> {
-    let text = |field: &str| {
-        user.get(field)
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .ok_or_else(missing_row)
-    };
+    let text = |field: &str| rows::text(user, field).map(str::to_owned);
     let role = Role::from_str(&text("role")?).map_err(|_| {
         worker::console_error!("request {}: a user row has an unknown role", ctx.request_id);
         ApiError::internal()
@@ -556,45 +527,16 @@ fn session_response(
         role,
     };
     let now = ctx.now_secs();
-    let token = session::keyring(&ctx.env)?.issue(&claims, now);
+    let token = ctx.config.jwt.get()?.issue(&claims, now);
     json_response(
         status,
         &json!({
             "token": token,
             "token_type": "Bearer",
-            "expires_at": rfc3339_utc(now + TOKEN_TTL_SECS),
+            "expires_at": time::rfc3339_millis(now + TOKEN_TTL_SECS),
             "user": user_json(user),
         }),
     )
-}
-
-/// Unix seconds as an RFC 3339 UTC timestamp, like every other timestamp the API returns.
-fn rfc3339_utc(unix_secs: i64) -> String {
-    js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(unix_secs as f64 * 1000.0))
-        .to_iso_string()
-        .into()
-}
-
-fn limiter_namespace(ctx: &RequestCtx) -> Result<ObjectNamespace, ApiError> {
-    ctx.env.durable_object("RATE_LIMITER").map_err(|error| {
-        worker::console_error!("RATE_LIMITER binding missing: {error}");
-        ApiError::internal()
-    })
-}
-
-/// Asks one limiter; a limiter that cannot answer fails the request closed.
-async fn limiter_decision(
-    namespace: &ObjectNamespace,
-    key: &str,
-    action: Action,
-    policy: RateLimitPolicy,
-) -> Result<Decision, ApiError> {
-    rate_limiter::ask(namespace, key, action, policy)
-        .await
-        .map_err(|error| {
-            worker::console_error!("rate limiter failed: {error}");
-            ApiError::dependency_unavailable("rate_limiter", "the rate limiter is unavailable")
-        })
 }
 
 fn refuse_if_limited(decision: Decision) -> Result<(), ApiError> {
@@ -626,20 +568,6 @@ fn too_many_attempts(retry_after_secs: u64) -> ApiError {
         "too many attempts; wait before trying again",
     )
     .with_retry_after(u32::try_from(retry_after_secs).unwrap_or(u32::MAX))
-}
-
-fn validation_failed(errors: FieldErrors) -> ApiError {
-    let fields = serde_json::to_value(&errors).unwrap_or(Value::Null);
-    ApiError::bad_request("validation_failed", "some fields are invalid").with_fields(fields)
-}
-
-fn first_row(result: OpResult) -> Result<Map<String, Value>, ApiError> {
-    result.rows.into_iter().next().ok_or_else(missing_row)
-}
-
-fn missing_row() -> ApiError {
-    worker::console_error!("an accounts operation answered without the expected row");
-    ApiError::internal()
 }
 
 #[cfg(test)]
@@ -763,29 +691,6 @@ mod tests {
     }
 
     #[test]
-    fn account_keys_hash_the_email() {
-        let key = account_limiter_key("ada@example.com");
-        assert!(key.starts_with("login-account:"));
-        assert!(!key.contains("ada"));
-        assert_eq!(key.len(), "login-account:".len() + 64);
-        assert_eq!(key, account_limiter_key("ada@example.com"));
-        assert_ne!(key, account_limiter_key("bob@example.com"));
-    }
-
-    #[test]
-    fn the_window_override_is_bounded() {
-        let default = login_policies(None);
-        assert_eq!(default.0, RateLimitPolicy::LOGIN_FAILURES_PER_IP);
-        assert_eq!(default.1, RateLimitPolicy::LOGIN_FAILURES_PER_ACCOUNT);
-        let short = login_policies(Some("3"));
-        assert_eq!((short.0.window_secs, short.1.window_secs), (3, 3));
-        assert_eq!(short.0.max_events, 10);
-        for bad in ["0", "-1", "abc", "86401"] {
-            assert_eq!(login_policies(Some(bad)), default, "{bad}");
-        }
-    }
-
-    #[test]
     fn the_longer_wait_wins() {
         let allowed = Decision::Allowed { remaining: 3 };
         assert!(refuse_if_limited_any(allowed, allowed).is_ok());
@@ -821,6 +726,37 @@ mod tests {
         assert!(!is_plausible_user_id(""));
         assert!(!is_plausible_user_id("usr\n1"));
         assert!(!is_plausible_user_id(&"x".repeat(256)));
+    }
+
+    #[test]
+    fn every_gateway_call_matches_its_spec() {
+        let account = validate_registration(body(json!({
+            "email": "ada@example.com", "password": "ten chars!", "name": "Ada", "phone": "+15551234567"
+        })))
+        .expect("valid");
+        let credentials = Credentials {
+            email: "ada@example.com".to_owned(),
+            password: "ten chars!".to_owned(),
+        };
+        let session = Session {
+            claims: SessionClaims {
+                jti: "tok_1".to_owned(),
+                sub: "usr_1".to_owned(),
+                email: "ada@example.com".to_owned(),
+                role: Role::User,
+            },
+            expires_at: 1_800_000_000,
+            access: Access::User,
+        };
+        let mut calls = registration_ops("usr_1", &account, "203.0.113.7");
+        calls.extend(logout_ops(&session, "203.0.113.7"));
+        calls.push(login_op(&credentials, "203.0.113.7"));
+        calls.push(get_user_op("usr_1"));
+        calls.push(set_role_op("usr_2", Role::Admin, "usr_1", "203.0.113.7"));
+        calls.push(audit_op("login_failure", None, "203.0.113.7"));
+        for call in calls {
+            assert_eq!(call.conforms(), Ok(()), "{}", call.op);
+        }
     }
 
     #[test]

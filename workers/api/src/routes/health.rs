@@ -4,11 +4,12 @@
 //! 200 proves the whole path: Worker → signature → gateway → pool → Postgres. Either hop failing
 //! gives a 503 that names the dependency (`gateway` or `database`), within the gateway timeout.
 
+use callmeback_gateway_api::ops::system;
 use callmeback_gateway_api::{OpCall, codes};
 use serde_json::json;
 use worker::Response;
 
-use super::{Access, Call, RouteDef, Service};
+use super::{Access, RouteDef, RouteRequest, Service};
 use crate::error::ApiError;
 use crate::gateway::GatewayError;
 
@@ -20,10 +21,10 @@ pub(super) const ROUTES: &[RouteDef] = &[RouteDef::new(
     "health",
 )];
 
-pub(super) async fn handle(_route: &RouteDef, call: Call) -> Result<Response, ApiError> {
-    let gateway = call.ctx.gateway()?;
+pub(super) async fn handle(_route: &RouteDef, request: RouteRequest) -> Result<Response, ApiError> {
+    let gateway = request.ctx.gateway()?;
     let started = js_sys::Date::now();
-    let result = gateway.call(&OpCall::new("system.ping")).await;
+    let result = gateway.call(&OpCall::of(&system::PING)).await;
     let latency_ms = (js_sys::Date::now() - started).round() as u64;
     match result {
         Ok(ping) => {

@@ -6,7 +6,7 @@
 
 use worker::Response;
 
-use super::{Access, Call, RouteDef, Service};
+use super::{Access, RouteDef, RouteRequest, Service};
 use crate::error::ApiError;
 
 /// The OpenAPI 3.1 document, as served.
@@ -20,7 +20,7 @@ pub(super) const ROUTES: &[RouteDef] = &[RouteDef::new(
     "getOpenApi",
 )];
 
-pub(super) async fn handle(_route: &RouteDef, _call: Call) -> Result<Response, ApiError> {
+pub(super) async fn handle(_route: &RouteDef, _call: RouteRequest) -> Result<Response, ApiError> {
     let response = Response::ok(OPENAPI_JSON)?;
     response.headers().set("content-type", "application/json")?;
     response

@@ -4,7 +4,13 @@
 //! handles them in its `handle` function. Keeping routes as data lets one place do what every route
 //! needs (CORS, method checks, authentication, JSON errors) and lets a test check the OpenAPI
 //! document against the router. Handlers return `Result<Response, ApiError>`; [`dispatch`] renders
-//! errors as JSON, so no route can answer with an HTML error page or a bare 500.
+//! errors as JSON, so no route can answer with an HTML error page or a bare 500. A handler gets a
+//! [`RouteRequest`]: the context, the request, its path parameters and (for `User`/`Admin`
+//! routes) the verified session.
+//!
+//! Services: `health`, `meta` (the OpenAPI document), `auth`, `personas/` (catalogue,
+//! relationships, admin) and `billing/` (credits, budget, stripe, admin_stats); the two larger
+//! services are directories with one module per sub-resource and the route table in `mod.rs`.
 
 mod auth;
 mod billing;
@@ -12,22 +18,14 @@ mod health;
 mod meta;
 mod personas;
 
+use std::rc::Rc;
+
 use worker::{Env, Method, Request, Response};
 
 use crate::ctx::RequestCtx;
 use crate::error::ApiError;
+pub use crate::session::Access;
 use crate::session::{self, Session};
-
-/// Who may call a route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// Anyone.
-    Public,
-    /// A signed-in user (a valid, unrevoked session token).
-    User,
-    /// A signed-in user whose role is `admin` (checked against the database).
-    Admin,
-}
 
 /// Which module handles a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,7 +142,7 @@ pub fn resolve(method: &Method, path: &str) -> Result<(&'static RouteDef, PathPa
 
 /// What a handler receives.
 #[derive(Debug)]
-pub struct Call {
+pub struct RouteRequest {
     pub ctx: RequestCtx,
     pub req: Request,
     pub params: PathParams,
@@ -152,7 +150,7 @@ pub struct Call {
     pub session: Option<Session>,
 }
 
-impl Call {
+impl RouteRequest {
     /// The session of an authenticated route (the dispatcher guarantees it for User/Admin routes).
     pub fn session(&self) -> Result<&Session, ApiError> {
         self.session.as_ref().ok_or_else(session::unauthorized)
@@ -163,15 +161,18 @@ impl Call {
 pub async fn dispatch(req: Request, env: Env, request_id: String) -> Response {
     let ctx = RequestCtx::new(env, &req, request_id);
     let origin = req.headers().get("origin").ok().flatten();
-    let cors = crate::cors::CorsPolicy::from_env(&ctx.env);
+    let config = Rc::clone(&ctx.config);
     if req.method() == Method::Options {
-        return cors.preflight(origin.as_deref());
+        return config
+            .cors
+            .preflight(origin.as_deref())
+            .unwrap_or_else(|error| ApiError::from(error).into_response());
     }
     let response = match route(req, ctx).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     };
-    cors.apply(&response, origin.as_deref());
+    config.cors.apply(&response, origin.as_deref());
     response
 }
 
@@ -181,18 +182,18 @@ async fn route(req: Request, ctx: RequestCtx) -> Result<Response, ApiError> {
         Access::Public => None,
         Access::User | Access::Admin => Some(session::authenticate(&ctx, &req, route.access)?),
     };
-    let call = Call {
+    let request = RouteRequest {
         ctx,
         req,
         params,
         session,
     };
     match route.service {
-        Service::Health => health::handle(route, call).await,
-        Service::Auth => auth::handle(route, call).await,
-        Service::Personas => personas::handle(route, call).await,
-        Service::Billing => billing::handle(route, call).await,
-        Service::Meta => meta::handle(route, call).await,
+        Service::Health => health::handle(route, request).await,
+        Service::Auth => auth::handle(route, request).await,
+        Service::Personas => personas::handle(route, request).await,
+        Service::Billing => billing::handle(route, request).await,
+        Service::Meta => meta::handle(route, request).await,
     }
 }
 

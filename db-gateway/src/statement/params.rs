@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use tokio_postgres::types::{IsNull, ToSql, Type};
 
-use super::{OpDef, Param, ParamType};
+use super::{OpDef, ParamSpec, ParamType};
 
 /// Longest password (in bytes) the gateway hashes or verifies. The Worker's policy is far
 /// stricter (10 to 128 characters); this bound only caps the work one request can ask for.
@@ -132,12 +132,12 @@ pub(crate) fn bind<'a>(
     op: &OpDef,
     params: &'a Map<String, Value>,
 ) -> Result<Vec<BoundParam<'a>>, ParamError> {
-    bind_declared(op.params, params)
+    bind_declared(op.params(), params)
 }
 
 /// [`bind`] against a bare parameter list (procedures declare parameters without an `OpDef`).
 pub(crate) fn bind_declared<'a>(
-    declared_params: &[Param],
+    declared_params: &[ParamSpec],
     params: &'a Map<String, Value>,
 ) -> Result<Vec<BoundParam<'a>>, ParamError> {
     let mut bound = Vec::with_capacity(declared_params.len());
@@ -249,22 +249,24 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::ops::{DEFAULT_STATEMENT_TIMEOUT_MS, Expect, Mode, Param};
+    use crate::statement::{DEFAULT_STATEMENT_TIMEOUT_MS, Expect, Mode, OpSpec, ParamSpec};
 
     static EVERY_TYPE: OpDef = OpDef {
-        name: "test.every_type",
+        spec: &OpSpec::new(
+            "test.every_type",
+            &[
+                ParamSpec::required("t", ParamType::Text),
+                ParamSpec::required("i4", ParamType::Int4),
+                ParamSpec::required("i8", ParamType::Int8),
+                ParamSpec::required("n", ParamType::Numeric),
+                ParamSpec::required("b", ParamType::Bool),
+                ParamSpec::required("ts", ParamType::Timestamptz),
+                ParamSpec::required("j", ParamType::Jsonb),
+                ParamSpec::required("arr", ParamType::TextArray),
+                ParamSpec::optional("note", ParamType::Text),
+            ],
+        ),
         sql: "",
-        params: &[
-            Param::required("t", ParamType::Text),
-            Param::required("i4", ParamType::Int4),
-            Param::required("i8", ParamType::Int8),
-            Param::required("n", ParamType::Numeric),
-            Param::required("b", ParamType::Bool),
-            Param::required("ts", ParamType::Timestamptz),
-            Param::required("j", ParamType::Jsonb),
-            Param::required("arr", ParamType::TextArray),
-            Param::optional("note", ParamType::Text),
-        ],
         mode: Mode::Read,
         expect: Expect::Any,
         statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
@@ -393,12 +395,14 @@ mod tests {
     }
 
     static PASSWORDS: OpDef = OpDef {
-        name: "test.passwords",
+        spec: &OpSpec::new(
+            "test.passwords",
+            &[
+                ParamSpec::required("new", ParamType::NewPassword),
+                ParamSpec::required("attempt", ParamType::Password),
+            ],
+        ),
         sql: "",
-        params: &[
-            Param::required("new", ParamType::NewPassword),
-            Param::required("attempt", ParamType::Password),
-        ],
         mode: Mode::Write,
         expect: Expect::Any,
         statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
