@@ -50,8 +50,10 @@ pub mod accounts;
 pub mod auth;
 pub mod bench;
 pub mod billing;
+pub mod calls;
 pub mod password;
 pub mod personas;
+pub mod schedules;
 pub mod system;
 
 use std::collections::HashMap;
@@ -200,7 +202,9 @@ impl Registry {
             .with(accounts::OPS)?
             .with_procedures(accounts::PROCEDURES)?
             .with(personas::OPS)?
-            .with(billing::OPS)?;
+            .with(billing::OPS)?
+            .with(calls::OPS)?
+            .with(schedules::OPS)?;
         if bench_ops {
             registry.with(bench::OPS)
         } else {

@@ -44,7 +44,9 @@ pub mod accounts;
 pub mod auth;
 pub mod bench;
 pub mod billing;
+pub mod calls;
 pub mod personas;
+pub mod schedules;
 pub mod system;
 
 #[cfg(doc)]
@@ -191,6 +193,34 @@ pub static ALL: &[&OpSpec] = &[
     &billing::ADMIN_REVENUE_BY_DAY,
     &billing::ADMIN_CALLS_TODAY,
     &billing::ADMIN_LOW_CREDIT_USERS,
+    &calls::CALLS_PREPARE,
+    &calls::CALLS_LOCK_USER,
+    &calls::CALLS_CREATE,
+    &calls::CALLS_BY_IDEMPOTENCY_KEY,
+    &calls::CALLS_MARK_PLACED,
+    &calls::CALLS_MARK_FAILED,
+    &calls::CALLS_ADVANCE_STATUS,
+    &calls::CALLS_FINALIZE,
+    &calls::CALL_LOGS_RECORD,
+    &calls::COST_BREAKDOWN_RECORD,
+    &calls::COST_EVENTS_ADD,
+    &calls::CREDITS_CHARGE_CALL,
+    &calls::RELATIONSHIPS_RECORD_CALL,
+    &calls::TRANSCRIPTS_SAVE,
+    &calls::CALLS_LIST,
+    &calls::CALLS_GET,
+    &calls::CALLS_FAIL_STUCK,
+    &calls::MEMORY_GET,
+    &calls::MEMORY_CLEAR,
+    &calls::PREFERENCES_GET,
+    &calls::PREFERENCES_SET,
+    &schedules::SCHEDULES_CREATE,
+    &schedules::SCHEDULES_LIST,
+    &schedules::SCHEDULES_CANCEL,
+    &schedules::SCHEDULES_CLAIM_DUE,
+    &schedules::SCHEDULES_RECORD_RUN,
+    &schedules::SCHEDULES_RECLAIM_STUCK,
+    &schedules::MAINTENANCE_PURGE_BLACKLIST,
 ];
 
 /// The spec in [`ALL`] called `name`.
