@@ -49,6 +49,22 @@ impl LimitKey {
         Self(format!("register-ip:{ip}"))
     }
 
+    /// Calls to one phone number, by the number's keyed hash
+    /// (`callmeback_domain::calls::phone_key`): the number itself never names an object.
+    pub fn phone(phone_key: &str) -> Self {
+        Self(format!("phone:{phone_key}"))
+    }
+
+    /// Call requests of one user.
+    pub fn call_requests_user(user_id: &str) -> Self {
+        Self(format!("calls-user:{user_id}"))
+    }
+
+    /// Call requests from one client address.
+    pub fn call_requests_ip(ip: &str) -> Self {
+        Self(format!("calls-ip:{ip}"))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
