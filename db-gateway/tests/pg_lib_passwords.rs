@@ -40,7 +40,9 @@ fn pg_with_passes_every_form_of_password_through_the_environment_only() {
     let forms = [
         (
             "URI with the password in its userinfo",
-            format!("postgres://postgres:{uri_password}@127.0.0.1:{port}/postgres?application_name=pglib_userinfo"),
+            format!(
+                "postgres://postgres:{uri_password}@127.0.0.1:{port}/postgres?application_name=pglib_userinfo"
+            ),
             "pglib_userinfo",
         ),
         (
@@ -128,7 +130,9 @@ impl PasswordCluster {
         // initdb and postgres refuse to run as root; the `postgres` user then owns the files.
         if is_root() {
             run_checked(
-                Command::new("chown").args(["-R", "postgres:"]).arg(&cluster.dir),
+                Command::new("chown")
+                    .args(["-R", "postgres:"])
+                    .arg(&cluster.dir),
                 "chown the cluster directory",
             );
         }
