@@ -7,7 +7,8 @@
 //! Module map:
 //! - [`config`]: environment → [`Config`].
 //! - [`keys`]: the keys file, key rotation and scopes.
-//! - [`nonce`]: replay protection.
+//! - [`replay`]: replay protection (its design), with the database claim and cleanup.
+//! - [`nonce`]: the per-process replay memory.
 //! - [`ops`]: the operation registry, parameter binding and result encoding.
 //! - [`migrate`]: the schema migrator.
 //! - [`db`]: pool construction and running operations (single and batch).
@@ -29,6 +30,7 @@ pub mod migrate;
 pub mod nonce;
 pub mod ops;
 pub mod pipeline;
+pub mod replay;
 pub mod startup;
 pub mod telemetry;
 

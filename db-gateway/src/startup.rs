@@ -17,11 +17,7 @@ use crate::migrate::{self, MigrateError, MigrationReport, Migrator};
 use crate::nonce::NonceCache;
 use crate::ops::{Registry, RegistryError, bench};
 use crate::pipeline::SharedReads;
-
-/// Upper bound on remembered nonces (20-40 bytes each, so at most ~160 MB). A nonce is kept
-/// for about `max_skew` plus one bucket after its `created`, so with the default 300 s this
-/// sustains roughly 11k signed requests per second before shedding load.
-const MAX_REMEMBERED_NONCES: usize = 4_000_000;
+use crate::replay;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -37,6 +33,10 @@ pub enum StartupError {
     Pool(String),
     #[error("cannot reach Postgres to verify the operation registry: {0}")]
     Database(String),
+    #[error(
+        "the replay-protection table gateway_request_nonces does not match (apply the migrations): {0}"
+    )]
+    ReplayTable(String),
     #[error("cannot bind {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -93,6 +93,9 @@ impl Application {
             registry
                 .verify(&client, |op| !op.name.starts_with(bench::PREFIX))
                 .await?;
+            replay::verify_schema(&client)
+                .await
+                .map_err(StartupError::ReplayTable)?;
         }
 
         let reads = SharedReads::start(&config, &registry).await;
@@ -114,7 +117,7 @@ impl Application {
         let state = AppState::new(SharedState {
             registry,
             keys,
-            nonces: NonceCache::new(config.max_skew_secs, MAX_REMEMBERED_NONCES),
+            nonces: NonceCache::new(config.max_skew_secs, config.replay_cache_entries),
             pool,
             reads,
             metrics: GatewayMetrics::new(),
@@ -164,9 +167,24 @@ impl Application {
         let mut servers = tokio::spawn(async move {
             tokio::try_join!(api.into_future(), admin.into_future()).map(|_| ())
         });
+        // Expired nonce rows go while the gateway serves; the task holds no state worth
+        // draining, so it is simply stopped at the end.
+        let cleanup = {
+            let state = self.state.clone();
+            tokio::spawn(async move {
+                let metrics = state.metrics.clone();
+                replay::cleanup_loop(state.pool.clone(), move |deleted| {
+                    metrics.record_nonce_cleanup(deleted);
+                })
+                .await;
+            })
+        };
 
         tokio::select! {
-            finished = &mut servers => return flatten(finished),
+            finished = &mut servers => {
+                cleanup.abort();
+                return flatten(finished);
+            }
             () = shutdown => {}
         }
         tracing::info!(
@@ -184,6 +202,7 @@ impl Application {
                 Ok(())
             }
         };
+        cleanup.abort();
         self.state.reads.close();
         self.state.pool.close();
         tracing::info!("gateway stopped");
