@@ -14,7 +14,7 @@
 //! | `GATEWAY_PIPELINE_DEPTH`      | `64`             | Most reads in flight per shared connection; beyond that a read waits up to `GATEWAY_POOL_WAIT_MS`, then gets 503 `overloaded`. |
 //! | `GATEWAY_BODY_LIMIT_BYTES`    | `1048576`        | Largest request body; larger gets 413 `payload_too_large`. |
 //! | `GATEWAY_MAX_SKEW_SECS`       | `300`            | Allowed distance between a signature's `created` and the gateway clock; also how long nonces are remembered. Use the same value on every instance. |
-//! | `GATEWAY_REPLAY_CACHE_ENTRIES`| `1000000`        | Bound on the per-process replay memory (about 20-40 bytes each); when full it forgets its oldest seconds (see `crate::nonce`). At least 16. |
+//! | `GATEWAY_REPLAY_CACHE_ENTRIES`| `1000000`        | Bound on the per-process replay memory (about 25-40 bytes each); when full it forgets its oldest seconds (see `crate::nonce`). At least 16. |
 //! | `GATEWAY_LOG`                 | `info`           | `tracing` filter, e.g. `info,db_gateway=debug`. |
 //! | `GATEWAY_BENCH_OPS`           | `0`              | `1` registers `bench.account_balance` (the `pgbench -S` statement). |
 //! | `GATEWAY_SHUTDOWN_GRACE_SECS` | `30`             | How long in-flight requests may run after SIGTERM/SIGINT. |
@@ -200,8 +200,8 @@ impl Config {
 
 /// More shared connections than this would defeat their purpose (few busy backends).
 const MAX_PIPELINE_CONNECTIONS: usize = 64;
-/// About 40 MB at most; a full window of ±300 s at up to ~3,000 requests per second, and a
-/// shorter one (older signatures refused for reads) above that.
+/// About 35 MB at most; the whole ±300 s window at up to ~3,300 requests per second, a shorter
+/// one (older signatures refused for reads) above that.
 const DEFAULT_REPLAY_CACHE_ENTRIES: usize = 1_000_000;
 /// One per shard of the replay memory.
 const MIN_REPLAY_CACHE_ENTRIES: usize = 16;

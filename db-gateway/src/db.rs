@@ -329,7 +329,8 @@ pub(crate) async fn run_batch(
                     .map_err(|error| error.at(index))?;
                 timeout_ms = op.statement_timeout_ms;
             }
-            // An early return drops `transaction`, which rolls it back.
+            // An error ends the batch: the transaction rolls back (a write batch's only to
+            // the savepoint after its nonce claim, see `finish_claimed`).
             let output = run_op(&Conn::Tx(&transaction), op, params)
                 .await
                 .map_err(|error| error.at(index))?;

@@ -15,9 +15,9 @@
 //! remembers how far it forgot (`floor`): a signature created before the floor is answered
 //! [`NonceVerdict::Forgotten`], which callers treat as "cannot vouch for it" (reads are refused,
 //! writes are left to the database claim). The floor never passes `now - ALWAYS_KEPT_SECS`, so
-//! fresh requests are never refused by it. Only if a shard cannot even hold that many seconds
-//! of traffic (more than `max_entries / ALWAYS_KEPT_SECS` requests per second in one process,
-//! far beyond what one process serves) is a request served without being remembered.
+//! fresh requests are never refused by it. Only if a shard cannot even hold those newest
+//! seconds (more than about `max_entries / (ALWAYS_KEPT_SECS + 1)` requests per second in one
+//! process, far beyond what one process serves) is a request served without being remembered.
 //!
 //! Entries are 128-bit digests of the pair rather than the strings, and the cache is split into
 //! shards so concurrent requests rarely wait on the same lock. The digest is two SipHash-1-3
@@ -84,7 +84,7 @@ pub struct NonceCacheStatus {
 }
 
 impl NonceCache {
-    /// `max_entries` bounds memory (about 20 to 40 bytes per entry, depending on how full each
+    /// `max_entries` bounds memory (about 25 to 40 bytes per entry, depending on how full each
     /// second's set is).
     pub fn new(max_skew_secs: i64, max_entries: usize) -> Self {
         let max_entries = max_entries.max(SHARDS);
