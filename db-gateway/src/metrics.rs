@@ -32,6 +32,11 @@
 //! The per-request pair (counter and histogram of one `op` × `status`) is registered once and
 //! its handles kept, so recording a request costs a lookup by the label's address and two
 //! atomic updates rather than building and hashing label sets.
+//!
+//! The recorder keeps every histogram sample until its next upkeep folds them into the buckets.
+//! Rendering `/metrics` runs one, but a gateway nobody scrapes would grow by every request's
+//! sample, so [`GatewayMetrics::upkeep_loop`] runs one every few seconds while the gateway
+//! serves.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -65,6 +70,9 @@ const REPLAY_CACHE_EVICTED: &str = "gateway_replay_cache_evicted_total";
 const REPLAY_CACHE_UNREMEMBERED: &str = "gateway_replay_cache_unremembered_total";
 const REPLAY_NONCES_DELETED: &str = "gateway_replay_nonces_deleted_total";
 const REPLAY_CLEANUP_RUNS: &str = "gateway_replay_cleanup_runs_total";
+
+/// How often recorded histogram samples are folded into their buckets (see the module docs).
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Buckets from half a millisecond (a cached point read on loopback) to the 5 s statement
 /// timeout and beyond.
@@ -184,6 +192,17 @@ impl GatewayMetrics {
         self.recorder
             .register_counter(&Key::from_name(LOAD_SHED), &METADATA)
             .increment(1);
+    }
+
+    /// Folds recorded histogram samples into their buckets every few seconds, until the task
+    /// is dropped, so memory stays bounded whether or not anyone scrapes `/metrics`.
+    pub async fn upkeep_loop(self) {
+        let mut ticks = tokio::time::interval(UPKEEP_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            self.handle.run_upkeep();
+        }
     }
 
     /// One round of the nonce cleanup: the rows it deleted, or `None` if it failed.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::db;
@@ -167,22 +168,22 @@ impl Application {
         let mut servers = tokio::spawn(async move {
             tokio::try_join!(api.into_future(), admin.into_future()).map(|_| ())
         });
-        // Expired nonce rows go while the gateway serves; the task holds no state worth
-        // draining, so it is simply stopped at the end.
-        let cleanup = {
-            let state = self.state.clone();
-            tokio::spawn(async move {
-                let metrics = state.metrics.clone();
-                replay::cleanup_loop(state.pool.clone(), move |deleted| {
-                    metrics.record_nonce_cleanup(deleted);
-                })
-                .await;
-            })
-        };
+        // Housekeeping while the gateway serves: expired nonce rows go (`crate::replay`) and
+        // histogram samples are folded into their buckets even if nobody scrapes `/metrics`.
+        // Neither holds state worth draining; dropping the set stops both.
+        let mut housekeeping = JoinSet::new();
+        {
+            let metrics = self.state.metrics.clone();
+            housekeeping.spawn(replay::cleanup_loop(
+                self.state.pool.clone(),
+                move |deleted| metrics.record_nonce_cleanup(deleted),
+            ));
+        }
+        housekeeping.spawn(self.state.metrics.clone().upkeep_loop());
 
         tokio::select! {
             finished = &mut servers => {
-                cleanup.abort();
+                housekeeping.abort_all();
                 return flatten(finished);
             }
             () = shutdown => {}
@@ -202,7 +203,7 @@ impl Application {
                 Ok(())
             }
         };
-        cleanup.abort();
+        housekeeping.abort_all();
         self.state.reads.close();
         self.state.pool.close();
         tracing::info!("gateway stopped");
