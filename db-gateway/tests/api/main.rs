@@ -14,3 +14,4 @@ mod migrations;
 mod ops;
 mod personas_ops;
 mod pipeline;
+mod replay;
