@@ -11,6 +11,10 @@
 //! - `CALLMEBACK_WORKER_MAIN`: the built Worker entry (`workers/api/build/index.js`).
 //!
 //! Missing environment is a failure with a clear message, never a silent skip.
+//!
+//! Every stack also runs the provider simulators (`callmeback-simulators`) in-process on a free
+//! port, and the Worker is configured to reach Twilio, Deepgram, the LLM and ElevenLabs there:
+//! [`Stack::sims`] sets scenarios and reads what each provider saw.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -90,7 +94,14 @@ pub struct Stack {
     worker: Option<Child>,
     dir: PathBuf,
     pub http: reqwest::Client,
+    /// The provider simulators this stack's Worker talks to.
+    pub sims: callmeback_simulators::Simulators,
+    /// The Worker's `MEDIA_STREAM_SECRET`, for tests that forge or check stream tokens.
+    pub media_stream_secret: Vec<u8>,
 }
+
+/// The Twilio number calls come from in tests.
+pub const TEST_FROM_NUMBER: &str = "+15005550006";
 
 impl Stack {
     /// Starts Postgres database + gateway + Worker and waits until the Worker answers.
@@ -133,6 +144,13 @@ impl Stack {
         let gateway_url = format!("http://{api_addr}");
         let gateway_admin_url = format!("http://{admin_addr}");
 
+        let sims =
+            callmeback_simulators::Simulators::start(callmeback_simulators::SimConfig::default())
+                .await
+                .expect("start the provider simulators");
+        let sim_defaults = callmeback_simulators::SimConfig::default();
+        let media_stream_secret = random_bytes::<32>().to_vec();
+
         let worker_port = free_port();
         let worker_url = format!("http://127.0.0.1:{worker_port}");
         let stripe_webhook_secret = format!(
@@ -149,6 +167,24 @@ impl Stack {
             "GATEWAY_URL={gateway_url}\nGATEWAY_KEY_ID={key_id}\nGATEWAY_KEY_SECRET={secret_b64}\n\
              JWT_SIGNING_KEYS={jwt_keys}\nSTRIPE_WEBHOOK_SECRETS={stripe_webhook_secret}\n\
              CORS_ALLOWED_ORIGINS={TEST_ORIGIN}\nGATEWAY_TIMEOUT_MS=10000\n"
+        );
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let worker_env = format!(
+            "{worker_env}PUBLIC_BASE_URL={worker_url}\nTWILIO_API_BASE_URL={sim}\n\
+             TWILIO_ACCOUNT_SID={sid}\nTWILIO_AUTH_TOKEN={token}\nTWILIO_FROM_NUMBER={TEST_FROM_NUMBER}\n\
+             MEDIA_STREAM_SECRET={stream}\nPHONE_HASH_SECRET={phone}\n\
+             DEEPGRAM_URL={ws}/v1/listen\nDEEPGRAM_API_KEY={stt_key}\n\
+             LLM_BASE_URL={sim}/v1\nLLM_API_KEY={llm_key}\n\
+             ELEVENLABS_URL={ws}\nELEVENLABS_API_KEY={tts_key}\n",
+            sim = sims.base_url(),
+            ws = sims.ws_base_url(),
+            sid = sim_defaults.twilio.account_sid,
+            token = sim_defaults.twilio.auth_token,
+            stream = b64(&media_stream_secret),
+            phone = b64(&random_bytes::<32>()),
+            stt_key = sim_defaults.stt.api_key,
+            llm_key = sim_defaults.llm.api_key,
+            tts_key = sim_defaults.tts.api_key,
         );
         let worker_env: String = extra_vars.iter().fold(worker_env, |env, (name, value)| {
             format!("{env}{name}={value}\n")
@@ -174,6 +210,8 @@ impl Stack {
             worker: Some(worker),
             dir,
             http,
+            sims,
+            media_stream_secret,
         };
         stack.wait_for_worker().await;
         stack
@@ -289,6 +327,69 @@ impl Stack {
         let token = body["token"].as_str().expect("token").to_owned();
         let user_id = body["user"]["id"].as_str().expect("user id").to_owned();
         (token, user_id)
+    }
+
+    /// Registers `email` with a phone number of their own; returns (token, user id).
+    pub async fn register_with_phone(&self, email: &str, phone: &str) -> (String, String) {
+        let body = serde_json::json!({"email": email, "password": TEST_PASSWORD, "name": "Ada Lovelace", "phone": phone});
+        let (status, body) = self
+            .json(
+                reqwest::Method::POST,
+                "/api/auth/register",
+                None,
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, 201, "register: {body}");
+        (
+            body["token"].as_str().expect("token").to_owned(),
+            body["user"]["id"].as_str().expect("user id").to_owned(),
+        )
+    }
+
+    /// Puts a user on `tier` with `credits` (straight in SQL: Stripe is another test's subject).
+    pub async fn set_tier(&self, user_id: &str, tier: &str, credits: i32) {
+        self.db()
+            .await
+            .execute(
+                "UPDATE user_credits SET subscription_tier = $2, available_credits = $3 WHERE user_id = $1",
+                &[&user_id, &tier, &credits],
+            )
+            .await
+            .expect("set tier");
+    }
+
+    /// Polls `GET /api/calls/{id}` until the call is recorded as over (or `timeout`); returns it.
+    pub async fn wait_for_outcome(
+        &self,
+        token: &str,
+        call_id: &str,
+        timeout: Duration,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, body) = self
+                .json(
+                    reqwest::Method::GET,
+                    &format!("/api/calls/{call_id}"),
+                    Some(token),
+                    None,
+                )
+                .await;
+            assert_eq!(status, 200, "get call: {body}");
+            let call = &body["call"];
+            if !call["metrics"].is_null()
+                || call["status"] == "failed" && !call["error_message"].is_null()
+            {
+                return call.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "call {call_id} not recorded within {timeout:?}: {call}\nworker log:\n{}",
+                self.worker_log()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// Logs `email` in with [`TEST_PASSWORD`]; returns the token.
@@ -444,6 +545,8 @@ fn spawn_worker(main: &str, port: u16, worker_env: &str, dir: &Path) -> Child {
             "--env-file",
             "worker.env",
             "--show-interactive-dev-session=false",
+            // Exposes /__scheduled so tests can fire the cron trigger.
+            "--test-scheduled",
         ])
         .env("WRANGLER_SEND_METRICS", "false")
         .env("CI", "true")
