@@ -98,6 +98,13 @@ pub struct Stack {
     pub sims: callmeback_simulators::Simulators,
     /// The Worker's `MEDIA_STREAM_SECRET`, for tests that forge or check stream tokens.
     pub media_stream_secret: Vec<u8>,
+    /// How the gateway and the Worker were started, to restart them on the same ports.
+    gateway_bin: String,
+    keys_file: PathBuf,
+    gateway_listen: String,
+    worker_main: String,
+    worker_port: u16,
+    worker_env: String,
 }
 
 /// The Twilio number calls come from in tests.
@@ -139,8 +146,9 @@ impl Stack {
         )
         .expect("write keys file");
 
+        let gateway_listen = format!("127.0.0.1:{}", free_port());
         let (gateway, api_addr, admin_addr) =
-            spawn_gateway(&gateway_bin, &database_url, &keys_file, &dir);
+            spawn_gateway(&gateway_bin, &database_url, &keys_file, &gateway_listen, &dir);
         let gateway_url = format!("http://{api_addr}");
         let gateway_admin_url = format!("http://{admin_addr}");
 
@@ -212,6 +220,12 @@ impl Stack {
             http,
             sims,
             media_stream_secret,
+            gateway_bin,
+            keys_file,
+            gateway_listen,
+            worker_main,
+            worker_port,
+            worker_env,
         };
         stack.wait_for_worker().await;
         stack
@@ -261,6 +275,92 @@ impl Stack {
         if let Some(child) = self.gateway.take() {
             stop_group(child);
         }
+    }
+
+    /// Starts the gateway again, on the same address and database, after [`Self::stop_gateway`].
+    pub fn start_gateway(&mut self) {
+        assert!(self.gateway.is_none(), "the gateway is running");
+        let (child, _, _) = spawn_gateway(
+            &self.gateway_bin,
+            &self.database_url,
+            &self.keys_file,
+            &self.gateway_listen,
+            &self.dir,
+        );
+        self.gateway = Some(child);
+    }
+
+    /// Stops workerd and starts it again on the same port and local state (Durable Object
+    /// storage survives, as it does across a deploy).
+    pub async fn restart_worker(&mut self) {
+        if let Some(child) = self.worker.take() {
+            stop_group(child);
+        }
+        self.worker = Some(spawn_worker(
+            &self.worker_main,
+            self.worker_port,
+            &self.worker_env,
+            &self.dir,
+        ));
+        self.wait_for_worker().await;
+    }
+
+    /// CPU seconds (user + system) used so far by the workerd processes of this stack (not
+    /// wrangler's own Node.js process), read from `/proc`.
+    pub fn workerd_cpu_seconds(&self) -> f64 {
+        let Some(group) = self.worker.as_ref().map(Child::id) else {
+            return 0.0;
+        };
+        let ticks_per_second = 100.0; // USER_HZ on Linux
+        let mut ticks = 0u64;
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return 0.0;
+        };
+        for entry in entries.flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid pgrp … utime stime: fields after the closing parenthesis.
+            let Some((head, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let comm = head.split_once('(').map(|(_, c)| c).unwrap_or_default();
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let pgrp: u32 = fields.get(2).and_then(|f| f.parse().ok()).unwrap_or(0);
+            if pgrp == group && comm.starts_with("workerd") {
+                let utime: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0);
+                let stime: u64 = fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
+                ticks += utime + stime;
+            }
+        }
+        ticks as f64 / ticks_per_second
+    }
+
+    /// Resident memory (KiB) of this stack's workerd processes.
+    pub fn workerd_rss_kib(&self) -> u64 {
+        let Some(group) = self.worker.as_ref().map(Child::id) else {
+            return 0;
+        };
+        let mut total = 0;
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let Some((head, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let comm = head.split_once('(').map(|(_, c)| c).unwrap_or_default();
+            let pgrp: u32 = rest.split_whitespace().nth(2).and_then(|f| f.parse().ok()).unwrap_or(0);
+            if pgrp == group && comm.starts_with("workerd") {
+                let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+                total += status
+                    .lines()
+                    .find_map(|line| line.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+        total
     }
 
     /// `GET` a Worker path.
@@ -481,13 +581,18 @@ fn spawn_gateway(
     bin: &str,
     database_url: &str,
     keys_file: &Path,
+    listen: &str,
     dir: &Path,
 ) -> (Child, String, String) {
-    let log = std::fs::File::create(dir.join("gateway.log")).expect("gateway log file");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("gateway.log"))
+        .expect("gateway log file");
     let mut child = Command::new(bin)
         .arg("serve")
         .env("DATABASE_URL", database_url)
-        .env("GATEWAY_LISTEN", "127.0.0.1:0")
+        .env("GATEWAY_LISTEN", listen)
         .env("GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
         .env("GATEWAY_KEYS_FILE", keys_file)
         .env("GATEWAY_MIGRATIONS_DIR", repo_root().join("migrations"))
@@ -531,7 +636,11 @@ fn spawn_worker(main: &str, port: u16, worker_env: &str, dir: &Path) -> Child {
     );
     std::fs::write(dir.join("wrangler.toml"), config).expect("write test wrangler config");
     std::fs::write(dir.join("worker.env"), worker_env).expect("write worker env file");
-    let log = std::fs::File::create(dir.join("worker.log")).expect("worker log file");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("worker.log"))
+        .expect("worker log file");
     let log_err = log.try_clone().expect("clone log handle");
     Command::new(repo_root().join("node_modules/.bin/wrangler"))
         .current_dir(dir)
