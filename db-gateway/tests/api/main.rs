@@ -8,6 +8,7 @@ mod auth;
 mod batch;
 mod billing_ops;
 mod binary;
+mod calls_ops;
 mod helpers;
 mod lifecycle;
 mod migrations;
