@@ -15,3 +15,4 @@ mod migrations;
 mod ops;
 mod personas_ops;
 mod pipeline;
+mod schedules_ops;
