@@ -181,6 +181,9 @@ pub(crate) struct TestOptions {
     pub(crate) public_url: Option<String>,
     /// `GATEWAY_REPLAY_CACHE_ENTRIES`; `None` keeps the production default.
     pub(crate) replay_cache_entries: Option<usize>,
+    /// The test database's `TimeZone`, which every gateway session inherits (`None`: the
+    /// cluster's). A zone far from UTC shows whether "today" and "this month" are UTC's.
+    pub(crate) database_timezone: Option<&'static str>,
 }
 
 impl Default for TestOptions {
@@ -195,6 +198,7 @@ impl Default for TestOptions {
             bench_ops: false,
             public_url: None,
             replay_cache_entries: None,
+            database_timezone: None,
         }
     }
 }
@@ -259,6 +263,17 @@ pub(crate) async fn spawn_app() -> TestApp {
 pub(crate) async fn spawn_app_with(options: TestOptions) -> TestApp {
     init_test_logging();
     let database = TestDatabase::create().await;
+    if let Some(zone) = options.database_timezone {
+        database
+            .client()
+            .await
+            .batch_execute(&format!(
+                "ALTER DATABASE \"{}\" SET timezone = '{zone}'",
+                database.name
+            ))
+            .await
+            .expect("the test database's time zone can be set");
+    }
     apply_project_schema(&database).await;
     let dir = TempDir::new();
     let migrations = dir.path().join("migrations");
@@ -658,4 +673,16 @@ fn init_test_logging() {
         std::env::var_os("TEST_LOG")
             .and_then(|_| db_gateway::telemetry::init_tracing("info,db_gateway=debug").ok())
     });
+}
+
+/// A user row straight in SQL (the accounts operations are another slice's); returns its id.
+pub(crate) async fn insert_user(db: &tokio_postgres::Client) -> String {
+    let id = format!("usr_{}", fresh_nonce());
+    db.execute(
+        "INSERT INTO users (id, email, password_hash) VALUES ($1, $2, '$argon2id$v=19$test')",
+        &[&id, &format!("{id}@example.test")],
+    )
+    .await
+    .expect("insert user");
+    id
 }
