@@ -216,7 +216,7 @@ async fn print_simulator_timings(http: &reqwest::Client, sim: &str, phone: &str)
         .flatten()
         .filter(|c| c["to"] == phone)
         .filter_map(|c| c["sid"].as_str())
-        .last()
+        .next_back()
     else {
         return;
     };
