@@ -31,8 +31,14 @@ impl RateLimitPolicy {
         max_events: 10,
         window_secs: 15 * 60,
     };
-    /// Failed logins per account: 10 per 15 minutes.
+    /// Failed logins per account from devices it does not trust: 10 per 15 minutes.
     pub const LOGIN_FAILURES_PER_ACCOUNT: Self = Self {
+        max_events: 10,
+        window_secs: 15 * 60,
+    };
+    /// Failed logins per account from one device that signed in to it before (a valid device
+    /// token): 10 per 15 minutes, a budget of its own that failures elsewhere do not touch.
+    pub const LOGIN_FAILURES_PER_DEVICE: Self = Self {
         max_events: 10,
         window_secs: 15 * 60,
     };
