@@ -186,10 +186,13 @@ impl FromBindings for Keyring {
     }
 }
 
-/// `STRIPE_WEBHOOK_SECRETS`: the endpoint's signing secret(s), comma-separated during rotation.
+/// `STRIPE_WEBHOOK_SECRETS`: the endpoint's signing secret(s), comma-separated during rotation;
+/// `STRIPE_LIVEMODE`: whether this deployment takes live-mode events (`true`) or test-mode ones
+/// (`false`, the default); events of the other mode are ignored.
 #[derive(Clone)]
 pub struct StripeConfig {
     webhook_secrets: Vec<Vec<u8>>,
+    pub livemode: bool,
 }
 
 impl StripeConfig {
@@ -204,6 +207,7 @@ impl fmt::Debug for StripeConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StripeConfig")
             .field("webhook_secrets", &self.webhook_secrets.len())
+            .field("livemode", &self.livemode)
             .finish()
     }
 }
@@ -222,7 +226,20 @@ impl FromBindings for StripeConfig {
                 "lists no secret",
             ));
         }
-        Ok(Self { webhook_secrets })
+        let livemode = match bindings.var("STRIPE_LIVEMODE").as_deref().map(str::trim) {
+            None | Some("" | "false") => false,
+            Some("true") => true,
+            Some(_) => {
+                return Err(ConfigError::invalid(
+                    "STRIPE_LIVEMODE",
+                    "must be true or false",
+                ));
+            }
+        };
+        Ok(Self {
+            webhook_secrets,
+            livemode,
+        })
     }
 }
 
@@ -352,6 +369,20 @@ mod tests {
         let stripe = config.stripe.get().expect("two secrets");
         assert_eq!(stripe.webhook_secrets(), [&b"whsec_a"[..], b"whsec_b"]);
         assert!(!format!("{stripe:?}").contains("whsec"));
+        assert!(!stripe.livemode, "test mode unless told otherwise");
+        let live = bindings(&[
+            ("STRIPE_WEBHOOK_SECRETS", "whsec_a"),
+            ("STRIPE_LIVEMODE", "true"),
+        ]);
+        assert!(StripeConfig::from_bindings(&live).unwrap().livemode);
+        let unclear = bindings(&[
+            ("STRIPE_WEBHOOK_SECRETS", "whsec_a"),
+            ("STRIPE_LIVEMODE", "yes"),
+        ]);
+        assert_eq!(
+            StripeConfig::from_bindings(&unclear).unwrap_err().binding(),
+            "STRIPE_LIVEMODE"
+        );
         assert_eq!(config.login.per_account.window_secs, 12);
 
         let empty = bindings(&[("STRIPE_WEBHOOK_SECRETS", " , ")]);
