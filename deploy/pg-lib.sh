@@ -4,8 +4,10 @@
 # Two concerns live here so the three scripts treat them identically:
 #   - finding the PostgreSQL client tools (PATH first, then the newest Debian versioned bindir);
 #   - passing connection strings to them without ever printing a password or putting it on a
-#     command line, where any local user could read it in `ps` or /proc/PID/cmdline. A password in
-#     a postgres:// URL is cut out and handed to libpq through PGPASSWORD instead.
+#     command line, where any local user could read it in `ps` or /proc/PID/cmdline. Whatever
+#     form the password takes (postgres://user:pass@…, postgres://…?password=…, or password=…
+#     in a key=value string, quoted or not), pg_with cuts it out of the connection string and
+#     hands it to libpq through PGPASSWORD, which only the tool's own environment carries.
 #
 # Connection strings may be URIs (postgres://user:pass@host:port/db?opts) or libpq key=value
 # strings ("host=/run/postgresql dbname=callmeback"); an empty string means "libpq defaults and
@@ -47,22 +49,124 @@ percent_decode_into() {
     printf -v "$1" '%s' "$decoded$rest"
 }
 
-# scheme, user, password, rest. libpq ends the userinfo at the first '@' before any '/', so the
-# password cannot contain a raw '@' or '/' (they must be percent-encoded): the same rule here.
-PG_URI_WITH_PASSWORD='^(postgres(ql)?://)([^:@/]*):([^@/]*)@(.*)$'
+# pg_uri_split URI: sets _pg_conn to URI without any password, _pg_password to the (decoded)
+# password and _pg_has_password to 1 if there was one. Declare those three `local` in the caller.
+# Follows libpq: the userinfo ends at the first '@' before any '/' (so a password cannot hold a
+# raw '@' or '/': they must be percent-encoded), the password is what follows the first ':' in
+# it, the parameters start at the first '?' after it, and a later password parameter wins.
+pg_uri_split() {
+    local uri="$1" prefix rest userinfo="" hostdb query="" kept="" param key params=()
+    _pg_password="" _pg_has_password=0
+    [[ $uri =~ ^(postgres(ql)?://)(.*)$ ]] || die "unsupported connection URI scheme (use postgres:// or postgresql://)"
+    prefix="${BASH_REMATCH[1]}" rest="${BASH_REMATCH[3]}"
+    if [[ $rest =~ ^([^@/]*)@(.*)$ ]]; then
+        userinfo="${BASH_REMATCH[1]}" rest="${BASH_REMATCH[2]}"
+        if [[ $userinfo == *:* ]]; then
+            percent_decode_into _pg_password "${userinfo#*:}"
+            _pg_has_password=1
+            userinfo="${userinfo%%:*}"
+        fi
+    fi
+    hostdb="${rest%%\?*}"
+    [[ $rest == *\?* ]] && query="${rest#*\?}"
+    [[ -n $query ]] && IFS='&' read -r -a params <<<"$query"
+    for param in "${params[@]}"; do
+        percent_decode_into key "${param%%=*}"
+        if [[ $key == password && $param == *=* ]]; then
+            percent_decode_into _pg_password "${param#*=}"
+            _pg_has_password=1
+        else
+            kept+="${kept:+&}$param"
+        fi
+    done
+    _pg_conn="$prefix${userinfo:+$userinfo@}$hostdb${kept:+?$kept}"
+}
 
-# pg_with CONN TOOL ARGS...: runs a libpq tool (psql, pg_dump, pg_restore) against CONN.
+# pg_conninfo_split CONNINFO: like pg_uri_split for a libpq key=value string. Parses it the way
+# libpq does (whitespace around '=', values in single quotes, backslash escapes inside and
+# outside quotes; the last password wins) and rebuilds it from the other pairs, every value
+# quoted. Errors name the problem, never the string (it may hold the password).
+pg_conninfo_split() {
+    local s="$1" i=0 n=${#1} c key value quoted out=""
+    _pg_password="" _pg_has_password=0
+    while ((i < n)); do
+        c="${s:i:1}"
+        if [[ $c == [[:space:]] ]]; then
+            i=$((i + 1))
+            continue
+        fi
+        key=""
+        while ((i < n)) && [[ ${s:i:1} != "=" && ${s:i:1} != [[:space:]] ]]; do
+            key+="${s:i:1}"
+            i=$((i + 1))
+        done
+        while ((i < n)) && [[ ${s:i:1} == [[:space:]] ]]; do i=$((i + 1)); done
+        [[ ${s:i:1} == "=" ]] || die "malformed connection string: a keyword without '=' (expected key=value pairs)"
+        i=$((i + 1))
+        while ((i < n)) && [[ ${s:i:1} == [[:space:]] ]]; do i=$((i + 1)); done
+        value=""
+        if [[ ${s:i:1} == "'" ]]; then
+            i=$((i + 1))
+            while :; do
+                ((i < n)) || die "malformed connection string: unterminated quoted value"
+                c="${s:i:1}"
+                i=$((i + 1))
+                if [[ $c == "\\" ]]; then
+                    if ((i < n)); then
+                        value+="${s:i:1}"
+                        i=$((i + 1))
+                    fi
+                elif [[ $c == "'" ]]; then
+                    break
+                else
+                    value+="$c"
+                fi
+            done
+        else
+            while ((i < n)); do
+                c="${s:i:1}"
+                i=$((i + 1))
+                if [[ $c == [[:space:]] ]]; then
+                    break
+                elif [[ $c == "\\" ]]; then
+                    if ((i < n)); then
+                        value+="${s:i:1}"
+                        i=$((i + 1))
+                    fi
+                else
+                    value+="$c"
+                fi
+            done
+        fi
+        if [[ $key == password ]]; then
+            _pg_password="$value"
+            _pg_has_password=1
+        else
+            quoted="${value//\\/\\\\}"
+            quoted="${quoted//\'/\\\'}"
+            out+="${out:+ }$key='$quoted'"
+        fi
+    done
+    _pg_conn="$out"
+}
+
+# pg_with CONN TOOL ARGS...: runs a libpq tool (psql, pg_dump, pg_restore) against CONN. A
+# password in CONN, in any form, reaches the tool only through PGPASSWORD.
 pg_with() {
-    local conn="$1" tool="$2"
+    local conn="$1" tool="$2" _pg_conn _pg_password _pg_has_password
     shift 2
     if [[ -z $conn ]]; then
         "$tool" "$@"
-    elif [[ $conn =~ $PG_URI_WITH_PASSWORD ]]; then
-        local without_password="${BASH_REMATCH[1]}${BASH_REMATCH[3]}@${BASH_REMATCH[5]}"
-        local encoded="${BASH_REMATCH[4]}" password
-        percent_decode_into password "$encoded"
+        return
+    fi
+    if [[ $conn == *://* ]]; then
+        pg_uri_split "$conn"
+    else
+        pg_conninfo_split "$conn"
+    fi
+    if ((_pg_has_password)); then
         # A prefix assignment reaches only the tool's environment, never any argv.
-        PGPASSWORD="$password" "$tool" --dbname="$without_password" "$@"
+        PGPASSWORD="$_pg_password" "$tool" --dbname="$_pg_conn" "$@"
     else
         "$tool" --dbname="$conn" "$@"
     fi

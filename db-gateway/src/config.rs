@@ -13,7 +13,8 @@
 //! | `GATEWAY_PIPELINE_CONNECTIONS`| `2`              | Shared connections that pipeline single reads (see `crate::pipeline`), in addition to the pool; `0` sends every read through the pool. |
 //! | `GATEWAY_PIPELINE_DEPTH`      | `64`             | Most reads in flight per shared connection; beyond that a read waits up to `GATEWAY_POOL_WAIT_MS`, then gets 503 `overloaded`. |
 //! | `GATEWAY_BODY_LIMIT_BYTES`    | `1048576`        | Largest request body; larger gets 413 `payload_too_large`. |
-//! | `GATEWAY_MAX_SKEW_SECS`       | `300`            | Allowed distance between a signature's `created` and the gateway clock; also how long nonces are remembered. |
+//! | `GATEWAY_MAX_SKEW_SECS`       | `300`            | Allowed distance between a signature's `created` and the gateway clock; also how long nonces are remembered. Use the same value on every instance. |
+//! | `GATEWAY_REPLAY_CACHE_ENTRIES`| `1000000`        | Bound on the per-process replay memory (about 25-40 bytes each); when full it forgets its oldest seconds (see `crate::nonce`). At least 16. |
 //! | `GATEWAY_LOG`                 | `info`           | `tracing` filter, e.g. `info,db_gateway=debug`. |
 //! | `GATEWAY_BENCH_OPS`           | `0`              | `1` registers `bench.account_balance` (the `pgbench -S` statement). |
 //! | `GATEWAY_SHUTDOWN_GRACE_SECS` | `30`             | How long in-flight requests may run after SIGTERM/SIGINT. |
@@ -44,6 +45,8 @@ pub struct Config {
     pub pipeline_depth: usize,
     pub body_limit_bytes: usize,
     pub max_skew_secs: i64,
+    /// Most `(key id, nonce)` pairs the process remembers (see `crate::nonce`).
+    pub replay_cache_entries: usize,
     pub log_filter: String,
     pub bench_ops: bool,
     pub shutdown_grace: Duration,
@@ -76,6 +79,7 @@ impl Config {
             pipeline_depth: 64,
             body_limit_bytes: 1024 * 1024,
             max_skew_secs: 300,
+            replay_cache_entries: DEFAULT_REPLAY_CACHE_ENTRIES,
             log_filter: "info".to_owned(),
             bench_ops: false,
             shutdown_grace: Duration::from_secs(30),
@@ -167,6 +171,16 @@ impl Config {
                 });
             }
         }
+        if let Some(value) = get("GATEWAY_REPLAY_CACHE_ENTRIES") {
+            const EXPECTED: &str = "an integer from 16";
+            config.replay_cache_entries = parse(&value, "GATEWAY_REPLAY_CACHE_ENTRIES", EXPECTED)?;
+            if config.replay_cache_entries < MIN_REPLAY_CACHE_ENTRIES {
+                return Err(ConfigError::Invalid {
+                    var: "GATEWAY_REPLAY_CACHE_ENTRIES",
+                    expected: EXPECTED,
+                });
+            }
+        }
         if let Some(value) = get("GATEWAY_LOG") {
             config.log_filter = value;
         }
@@ -186,6 +200,11 @@ impl Config {
 
 /// More shared connections than this would defeat their purpose (few busy backends).
 const MAX_PIPELINE_CONNECTIONS: usize = 64;
+/// About 35 MB at most; the whole ±300 s window at up to ~3,300 requests per second, a shorter
+/// one (older signatures refused for reads) above that.
+const DEFAULT_REPLAY_CACHE_ENTRIES: usize = 1_000_000;
+/// One per shard of the replay memory.
+const MIN_REPLAY_CACHE_ENTRIES: usize = 16;
 
 /// `GATEWAY_WORKER_THREADS`: how many tokio worker threads the binary starts, `None` for
 /// tokio's default (one per CPU). It is read apart from [`Config`] because the runtime must
@@ -273,6 +292,7 @@ mod tests {
         assert_eq!(config.pipeline_depth, 64);
         assert_eq!(config.body_limit_bytes, 1_048_576);
         assert_eq!(config.max_skew_secs, 300);
+        assert_eq!(config.replay_cache_entries, 1_000_000);
         assert_eq!(config.migrations_dir, PathBuf::from("migrations"));
         assert!(!config.bench_ops);
         assert!(config.keys_file.is_none() && config.public_url.is_none());
@@ -293,6 +313,7 @@ mod tests {
             ("GATEWAY_PIPELINE_DEPTH", "8"),
             ("GATEWAY_BODY_LIMIT_BYTES", "1024"),
             ("GATEWAY_MAX_SKEW_SECS", "60"),
+            ("GATEWAY_REPLAY_CACHE_ENTRIES", "5000"),
             ("GATEWAY_LOG", "debug"),
             ("GATEWAY_BENCH_OPS", "1"),
             ("GATEWAY_SHUTDOWN_GRACE_SECS", "5"),
@@ -309,6 +330,7 @@ mod tests {
         assert_eq!(config.pipeline_depth, 8);
         assert_eq!(config.body_limit_bytes, 1024);
         assert_eq!(config.max_skew_secs, 60);
+        assert_eq!(config.replay_cache_entries, 5000);
         assert_eq!(config.log_filter, "debug");
         assert!(config.bench_ops);
         assert_eq!(config.shutdown_grace, Duration::from_secs(5));
@@ -335,6 +357,8 @@ mod tests {
             ("GATEWAY_PIPELINE_CONNECTIONS", "65"),
             ("GATEWAY_PIPELINE_CONNECTIONS", "-1"),
             ("GATEWAY_PIPELINE_DEPTH", "0"),
+            ("GATEWAY_REPLAY_CACHE_ENTRIES", "15"),
+            ("GATEWAY_REPLAY_CACHE_ENTRIES", "many"),
         ] {
             let error = config(&[("DATABASE_URL", "postgres://h/db"), (var, value)]).unwrap_err();
             assert!(

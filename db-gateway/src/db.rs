@@ -6,6 +6,9 @@
 //! so it costs nothing per request; only operations that override it, and batches, pay for a
 //! transaction. Single reads usually skip the pool altogether and run pipelined on shared
 //! connections (`crate::pipeline`, through [`PreparedRead`]); this module is their fallback.
+//! Writes (single or batched) run in a transaction whose first statement claims the request's
+//! nonce (`crate::replay`): `BEGIN`, then the claim, a savepoint and the first statement in
+//! one round trip, then `COMMIT`.
 //!
 //! Connections are recycled with deadpool's `Fast` method (no health query per checkout): a
 //! broken connection shows up as `is_closed()` and is dropped by the pool. A request abandoned
@@ -23,6 +26,7 @@ use tokio_postgres::{NoTls, Row, Statement};
 
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::replay::{self, NonceClaim};
 use crate::statement::encode::ColumnCodec;
 use crate::statement::params::BoundParam;
 use crate::statement::{DEFAULT_STATEMENT_TIMEOUT_MS, Expect, Mode, OpDef};
@@ -244,25 +248,37 @@ impl PreparedRead {
     }
 }
 
-/// Runs one operation. Only an operation with its own statement timeout pays for a
-/// transaction (`SET LOCAL` needs one).
+/// Runs one operation. Only a read with its own statement timeout (`SET LOCAL` needs a
+/// transaction) and a write pay for a transaction; a write claims the request's nonce in it
+/// (see `crate::replay`).
 pub(crate) async fn run_single(
     pool: &Pool,
     op: &'static OpDef,
     params: &[BoundParam<'_>],
+    claim: NonceClaim<'_>,
 ) -> Result<OpOutput, ApiError> {
     let mut client = checkout(pool).await?;
-    if op.statement_timeout_ms == DEFAULT_STATEMENT_TIMEOUT_MS {
+    let writes = op.mode == Mode::Write;
+    if !writes && op.statement_timeout_ms == DEFAULT_STATEMENT_TIMEOUT_MS {
         return run_op(&Conn::Plain(&client), op, params).await;
     }
     let transaction = client
         .build_transaction()
-        .read_only(op.mode == Mode::Read)
+        .read_only(!writes)
         .start()
         .await
         .map_err(|error| ApiError::from_postgres(&error, op.name()))?;
-    set_local_timeout(&transaction, op).await?;
-    let output = run_op(&Conn::Tx(&transaction), op, params).await?;
+    let work = async {
+        if op.statement_timeout_ms != DEFAULT_STATEMENT_TIMEOUT_MS {
+            set_local_timeout(&transaction, op).await?;
+        }
+        run_op(&Conn::Tx(&transaction), op, params).await
+    };
+    if writes {
+        let result = replay::claim_then(&transaction, claim, work).await?;
+        return finish_claimed(transaction, result, op.name()).await;
+    }
+    let output = work.await?;
     transaction
         .commit()
         .await
@@ -288,10 +304,12 @@ pub(crate) async fn run_on_client(
 }
 
 /// Runs every operation in order in one transaction; the first failure rolls everything back
-/// and carries its index. A batch of reads only runs `READ ONLY`.
+/// and carries its index. A batch of reads only runs `READ ONLY`; any other batch claims the
+/// request's nonce in its transaction (see `crate::replay`).
 pub(crate) async fn run_batch(
     pool: &Pool,
     calls: &[(&'static OpDef, Vec<BoundParam<'_>>)],
+    claim: NonceClaim<'_>,
 ) -> Result<BatchOutput, ApiError> {
     let mut client = checkout(pool).await?;
     let read_only = calls.iter().all(|(op, _)| op.mode == Mode::Read);
@@ -301,26 +319,56 @@ pub(crate) async fn run_batch(
         .start()
         .await
         .map_err(|error| ApiError::from_postgres(&error, "batch"))?;
-    let mut results = Vec::with_capacity(calls.len());
-    let mut timeout_ms = DEFAULT_STATEMENT_TIMEOUT_MS;
-    for (index, (op, params)) in calls.iter().enumerate() {
-        if op.statement_timeout_ms != timeout_ms {
-            set_local_timeout(&transaction, op)
+    let work = async {
+        let mut results = Vec::with_capacity(calls.len());
+        let mut timeout_ms = DEFAULT_STATEMENT_TIMEOUT_MS;
+        for (index, (op, params)) in calls.iter().enumerate() {
+            if op.statement_timeout_ms != timeout_ms {
+                set_local_timeout(&transaction, op)
+                    .await
+                    .map_err(|error| error.at(index))?;
+                timeout_ms = op.statement_timeout_ms;
+            }
+            // An error ends the batch: the transaction rolls back (a write batch's only to
+            // the savepoint after its nonce claim, see `finish_claimed`).
+            let output = run_op(&Conn::Tx(&transaction), op, params)
                 .await
                 .map_err(|error| error.at(index))?;
-            timeout_ms = op.statement_timeout_ms;
+            results.push(output);
         }
-        // An early return drops `transaction`, which rolls it back.
-        let output = run_op(&Conn::Tx(&transaction), op, params)
-            .await
-            .map_err(|error| error.at(index))?;
-        results.push(output);
+        Ok(BatchOutput { results })
+    };
+    if !read_only {
+        let result = replay::claim_then(&transaction, claim, work).await?;
+        return finish_claimed(transaction, result, "batch").await;
     }
+    let output = work.await?;
     transaction
         .commit()
         .await
         .map_err(|error| ApiError::from_postgres(&error, "batch"))?;
-    Ok(BatchOutput { results })
+    Ok(output)
+}
+
+/// Commits a claimed write that succeeded; after a failed one keeps only the claim.
+async fn finish_claimed<T>(
+    transaction: deadpool_postgres::Transaction<'_>,
+    result: Result<T, ApiError>,
+    label: &str,
+) -> Result<T, ApiError> {
+    match result {
+        Ok(output) => {
+            transaction
+                .commit()
+                .await
+                .map_err(|error| ApiError::from_postgres(&error, label))?;
+            Ok(output)
+        }
+        Err(error) => {
+            replay::commit_claim_only(transaction).await;
+            Err(error)
+        }
+    }
 }
 
 async fn set_local_timeout(

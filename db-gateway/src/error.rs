@@ -40,7 +40,7 @@ pub enum ApiError {
         status: StatusCode,
         message: String,
     },
-    /// Load shedding: no connection (or replay-protection slot) was free in time.
+    /// Load shedding: no connection (or pipelined-read slot, or hashing slot) was free in time.
     #[error("{0}; retry shortly")]
     Overloaded(String),
     /// `detail` (why) goes to the log only.

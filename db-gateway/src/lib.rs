@@ -7,7 +7,8 @@
 //! Module map:
 //! - [`config`]: environment → [`Config`].
 //! - [`keys`]: the keys file, key rotation and scopes.
-//! - [`nonce`]: replay protection.
+//! - [`replay`]: replay protection (its design), with the database claim and cleanup.
+//! - [`nonce`]: the per-process replay memory.
 //! - [`statement`]: what one operation is ([`statement::OpDef`]), how its parameters bind and its
 //!   result columns encode; the leaf below `db` and `ops`.
 //! - [`ops`]: the operation registry (SQL for every operation of
@@ -32,6 +33,7 @@ pub mod migrate;
 pub mod nonce;
 pub mod ops;
 pub mod pipeline;
+pub mod replay;
 pub mod startup;
 pub mod statement;
 pub mod telemetry;

@@ -16,6 +16,12 @@
 //! | `gateway_pipeline_reads_total`      | counter   | — (reads answered on shared connections) |
 //! | `gateway_pipeline_fallbacks_total`  | counter   | — (reads sent to the pool instead) |
 //! | `gateway_pipeline_reconnects_total` | counter   | —             |
+//! | `gateway_replay_cache_entries`      | gauge     | — (nonces this process remembers) |
+//! | `gateway_replay_cache_max_entries`  | gauge     | — (`GATEWAY_REPLAY_CACHE_ENTRIES`) |
+//! | `gateway_replay_cache_evicted_total` | counter  | — (nonces forgotten early to stay within the bound) |
+//! | `gateway_replay_cache_unremembered_total` | counter | — (requests served without being remembered) |
+//! | `gateway_replay_nonces_deleted_total` | counter | — (expired rows this process deleted from `gateway_request_nonces`) |
+//! | `gateway_replay_cleanup_runs_total` | counter   | `outcome` (`ok`, `failed`) |
 //!
 //! `op` is a registry name, `batch`, or `unknown` (anything that did not resolve to an
 //! operation); client-chosen strings never become label values, so cardinality stays bounded.
@@ -26,6 +32,11 @@
 //! The per-request pair (counter and histogram of one `op` × `status`) is registered once and
 //! its handles kept, so recording a request costs a lookup by the label's address and two
 //! atomic updates rather than building and hashing label sets.
+//!
+//! The recorder keeps every histogram sample until its next upkeep folds them into the buckets.
+//! Rendering `/metrics` runs one, but a gateway nobody scrapes would grow by every request's
+//! sample, so [`GatewayMetrics::upkeep_loop`] runs one every few seconds while the gateway
+//! serves.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -36,6 +47,7 @@ use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
+use crate::nonce::NonceCacheStatus;
 use crate::pipeline::PipelineStatus;
 
 const REQUESTS_TOTAL: &str = "gateway_requests_total";
@@ -52,6 +64,15 @@ const PIPELINE_IN_FLIGHT: &str = "gateway_pipeline_in_flight";
 const PIPELINE_READS: &str = "gateway_pipeline_reads_total";
 const PIPELINE_FALLBACKS: &str = "gateway_pipeline_fallbacks_total";
 const PIPELINE_RECONNECTS: &str = "gateway_pipeline_reconnects_total";
+const REPLAY_CACHE_ENTRIES: &str = "gateway_replay_cache_entries";
+const REPLAY_CACHE_MAX_ENTRIES: &str = "gateway_replay_cache_max_entries";
+const REPLAY_CACHE_EVICTED: &str = "gateway_replay_cache_evicted_total";
+const REPLAY_CACHE_UNREMEMBERED: &str = "gateway_replay_cache_unremembered_total";
+const REPLAY_NONCES_DELETED: &str = "gateway_replay_nonces_deleted_total";
+const REPLAY_CLEANUP_RUNS: &str = "gateway_replay_cleanup_runs_total";
+
+/// How often recorded histogram samples are folded into their buckets (see the module docs).
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Buckets from half a millisecond (a cached point read on loopback) to the 5 s statement
 /// timeout and beyond.
@@ -166,15 +187,45 @@ impl GatewayMetrics {
             .increment(1);
     }
 
-    /// A request refused because no connection (or nonce slot) was free in time.
+    /// A request refused because no connection (or other bounded slot) was free in time.
     pub fn record_load_shed(&self) {
         self.recorder
             .register_counter(&Key::from_name(LOAD_SHED), &METADATA)
             .increment(1);
     }
 
-    /// Prometheus text, with the pool and pipeline gauges sampled now.
-    pub fn render(&self, pool: &deadpool_postgres::Status, pipeline: &PipelineStatus) -> String {
+    /// Folds recorded histogram samples into their buckets every few seconds, until the task
+    /// is dropped, so memory stays bounded whether or not anyone scrapes `/metrics`.
+    pub async fn upkeep_loop(self) {
+        let mut ticks = tokio::time::interval(UPKEEP_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            self.handle.run_upkeep();
+        }
+    }
+
+    /// One round of the nonce cleanup: the rows it deleted, or `None` if it failed.
+    pub fn record_nonce_cleanup(&self, deleted: Option<u64>) {
+        let outcome = if deleted.is_some() { "ok" } else { "failed" };
+        self.recorder
+            .register_counter(
+                &Key::from_parts(REPLAY_CLEANUP_RUNS, vec![Label::new("outcome", outcome)]),
+                &METADATA,
+            )
+            .increment(1);
+        self.recorder
+            .register_counter(&Key::from_name(REPLAY_NONCES_DELETED), &METADATA)
+            .increment(deleted.unwrap_or(0));
+    }
+
+    /// Prometheus text, with the pool, pipeline and replay-memory gauges sampled now.
+    pub fn render(
+        &self,
+        pool: &deadpool_postgres::Status,
+        pipeline: &PipelineStatus,
+        replay: &NonceCacheStatus,
+    ) -> String {
         let gauge = |name: &'static str, value: usize| {
             self.recorder
                 .register_gauge(&Key::from_name(name), &METADATA)
@@ -187,6 +238,8 @@ impl GatewayMetrics {
         gauge(PIPELINE_MAX_CONNECTIONS, pipeline.max_connections);
         gauge(PIPELINE_CONNECTIONS, pipeline.open_connections);
         gauge(PIPELINE_IN_FLIGHT, pipeline.in_flight);
+        gauge(REPLAY_CACHE_ENTRIES, replay.entries);
+        gauge(REPLAY_CACHE_MAX_ENTRIES, replay.max_entries);
         // Kept by the pipeline itself (it has no recorder); exported as counters.
         let counter = |name: &'static str, value: u64| {
             self.recorder
@@ -196,11 +249,15 @@ impl GatewayMetrics {
         counter(PIPELINE_READS, pipeline.reads);
         counter(PIPELINE_FALLBACKS, pipeline.fallbacks);
         counter(PIPELINE_RECONNECTS, pipeline.reconnects);
+        counter(REPLAY_CACHE_EVICTED, replay.evicted);
+        counter(REPLAY_CACHE_UNREMEMBERED, replay.unremembered);
         // Make the counters visible before their first increment, so dashboards and alerts
         // see a 0 rather than "no data".
-        self.recorder
-            .register_counter(&Key::from_name(LOAD_SHED), &METADATA)
-            .increment(0);
+        for name in [LOAD_SHED, REPLAY_NONCES_DELETED] {
+            self.recorder
+                .register_counter(&Key::from_name(name), &METADATA)
+                .increment(0);
+        }
         self.handle.run_upkeep();
         self.handle.render()
     }

@@ -8,6 +8,7 @@ use axum::serve::ListenerExt as _;
 use callmeback_gateway_api::ops::bench;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::db;
@@ -18,11 +19,7 @@ use crate::migrate::{self, MigrateError, MigrationReport, Migrator};
 use crate::nonce::NonceCache;
 use crate::ops::{Registry, RegistryError};
 use crate::pipeline::SharedReads;
-
-/// Upper bound on remembered nonces (20-40 bytes each, so at most ~160 MB). A nonce is kept
-/// for about `max_skew` plus one bucket after its `created`, so with the default 300 s this
-/// sustains roughly 11k signed requests per second before shedding load.
-const MAX_REMEMBERED_NONCES: usize = 4_000_000;
+use crate::replay;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -38,6 +35,10 @@ pub enum StartupError {
     Pool(String),
     #[error("cannot reach Postgres to verify the operation registry: {0}")]
     Database(String),
+    #[error(
+        "the replay-protection table gateway_request_nonces does not match (apply the migrations): {0}"
+    )]
+    ReplayTable(String),
     #[error("cannot bind {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -94,6 +95,9 @@ impl Application {
             registry
                 .verify(&client, |op| !bench::ALL.contains(&op.spec))
                 .await?;
+            replay::verify_schema(&client)
+                .await
+                .map_err(StartupError::ReplayTable)?;
         }
 
         let reads = SharedReads::start(&config, &registry).await;
@@ -115,7 +119,7 @@ impl Application {
         let state = AppState::new(SharedState {
             registry,
             keys,
-            nonces: NonceCache::new(config.max_skew_secs, MAX_REMEMBERED_NONCES),
+            nonces: NonceCache::new(config.max_skew_secs, config.replay_cache_entries),
             pool,
             reads,
             metrics: GatewayMetrics::new(),
@@ -165,9 +169,24 @@ impl Application {
         let mut servers = tokio::spawn(async move {
             tokio::try_join!(api.into_future(), admin.into_future()).map(|_| ())
         });
+        // Housekeeping while the gateway serves: expired nonce rows go (`crate::replay`) and
+        // histogram samples are folded into their buckets even if nobody scrapes `/metrics`.
+        // Neither holds state worth draining; dropping the set stops both.
+        let mut housekeeping = JoinSet::new();
+        {
+            let metrics = self.state.metrics.clone();
+            housekeeping.spawn(replay::cleanup_loop(
+                self.state.pool.clone(),
+                move |deleted| metrics.record_nonce_cleanup(deleted),
+            ));
+        }
+        housekeeping.spawn(self.state.metrics.clone().upkeep_loop());
 
         tokio::select! {
-            finished = &mut servers => return flatten(finished),
+            finished = &mut servers => {
+                housekeeping.abort_all();
+                return flatten(finished);
+            }
             () = shutdown => {}
         }
         tracing::info!(
@@ -185,6 +204,7 @@ impl Application {
                 Ok(())
             }
         };
+        housekeeping.abort_all();
         self.state.reads.close();
         self.state.pool.close();
         tracing::info!("gateway stopped");

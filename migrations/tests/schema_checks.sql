@@ -179,6 +179,13 @@ INSERT INTO processed_webhook_events (provider, event_id, event_type) VALUES ('s
 INSERT INTO processed_webhook_events (provider, event_id) VALUES ('stripe', 'evt_1') ON CONFLICT DO NOTHING;
 SELECT pg_temp.expect((SELECT count(*) = 1 FROM processed_webhook_events), 'webhook recorded once');
 
+-- gateway replay protection ---------------------------------------------------------------------
+INSERT INTO gateway_request_nonces (key_id, nonce, expires_at) VALUES ('worker-1', repeat('a', 32), now() + interval '5 minutes');
+SELECT pg_temp.expect_refused($$INSERT INTO gateway_request_nonces (key_id, nonce, expires_at) VALUES ('worker-1', repeat('a', 32), now())$$, '23505', 'gateway_request_nonces_pkey');
+INSERT INTO gateway_request_nonces (key_id, nonce, expires_at) VALUES ('worker-2', repeat('a', 32), now());
+SELECT pg_temp.expect_refused($$INSERT INTO gateway_request_nonces (key_id, nonce, expires_at) VALUES ('worker-1', repeat('n', 129), now())$$, '23514', 'gateway_request_nonces_nonce_length');
+SELECT pg_temp.expect_refused($$INSERT INTO gateway_request_nonces (key_id, nonce, expires_at) VALUES ('', 'n', now())$$, '23514', 'gateway_request_nonces_key_id_length');
+
 -- relationships, templates ----------------------------------------------------------------------
 INSERT INTO user_persona_relationships (id, user_id, persona_id, relationship_type, is_favorite)
 VALUES ('rel_1', 'usr_a', 'brad', 'workout buddy', true);

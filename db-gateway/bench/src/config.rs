@@ -93,6 +93,23 @@ const OPTIONS: &[OptionSpec] = &[
         help: "hard cap on requests one client sends in a run, warm-up included",
     },
     OptionSpec {
+        name: "soak",
+        default: None,
+        help: "soak mode: instead of the comparison, run the gateway alone for this many seconds \
+               at full rate (the largest --clients value) with a mix of signed reads and write \
+               batches, sampling its RSS (needs --gateway-pid); e.g. 600",
+    },
+    OptionSpec {
+        name: "soak-write-percent",
+        default: Some("10"),
+        help: "soak mode: share of requests that are write batches (the rest are reads), 0-100",
+    },
+    OptionSpec {
+        name: "gateway-admin-url",
+        default: None,
+        help: "db-gateway admin base URL (loopback), read for replay-memory metrics after a soak",
+    },
+    OptionSpec {
         name: "request-timeout-ms",
         default: Some("5000"),
         help: "a request slower than this counts as an error and its connection is replaced",
@@ -129,6 +146,10 @@ pub(crate) struct Config {
     pub(crate) threads: Option<usize>,
     pub(crate) max_requests_per_client: u64,
     pub(crate) request_timeout: Duration,
+    /// Soak mode and its length (see `crate::soak`).
+    pub(crate) soak: Option<Duration>,
+    pub(crate) soak_write_percent: u32,
+    pub(crate) gateway_admin: Option<SocketAddr>,
 }
 
 /// Either settings to run with, or a request for the usage text.
@@ -288,7 +309,33 @@ impl Config {
             &lookup("request-timeout-ms").unwrap_or_default(),
         )?);
 
+        let soak = lookup("soak")
+            .map(|value| parse_seconds("soak", &value))
+            .transpose()?;
+        if let Some(soak) = soak {
+            if soak.is_zero() {
+                bail!("--soak must be greater than 0");
+            }
+            if gateway.is_none() || gateway_pid.is_none() {
+                bail!("--soak needs --gateway-url, --gateway-keys-file and --gateway-pid");
+            }
+        }
+        let soak_write_percent = lookup("soak-write-percent")
+            .unwrap_or_default()
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|percent| *percent <= 100)
+            .ok_or_else(|| anyhow!("--soak-write-percent must be an integer from 0 to 100"))?;
+        let gateway_admin = lookup("gateway-admin-url")
+            .map(|url| parse_gateway_url(&url).map(|(addr, _)| addr))
+            .transpose()
+            .context("--gateway-admin-url")?;
+
         Ok(Self {
+            soak,
+            soak_write_percent,
+            gateway_admin,
             direct,
             pgbouncer,
             gateway,
@@ -457,6 +504,8 @@ mod tests {
         assert_eq!(config.warmup, Duration::from_millis(500));
         assert_eq!(config.request_timeout, Duration::from_secs(5));
         assert!(config.scale.is_none());
+        assert!(config.soak.is_none());
+        assert_eq!(config.soak_write_percent, 10);
     }
 
     #[test]
@@ -522,6 +571,9 @@ mod tests {
             (&["--threads", "0"], "threads"),
             (&["--gateway-pid", "x"], "gateway-pid"),
             (&["--bogus", "1"], "bogus"),
+            (&["--soak", "60"], "gateway-pid"),
+            (&["--soak", "0", "--gateway-pid", "7"], "soak"),
+            (&["--soak-write-percent", "101"], "soak-write-percent"),
             (&["--clients"], "clients"),
             (&["positional"], "positional"),
         ] {
@@ -529,6 +581,31 @@ mod tests {
             assert!(error.to_string().contains(mentions), "{args:?}: {error}");
         }
         assert!(matches!(parse(&["--help"], &[]), Ok(Invocation::Help)));
+    }
+
+    #[test]
+    fn soak_mode_needs_the_gateway_and_its_pid() {
+        let config = run_config(&["--soak", "600", "--gateway-pid", "42"], ALL_PATHS_ENV);
+        assert_eq!(config.soak, Some(Duration::from_secs(600)));
+        assert_eq!(config.gateway_pid, Some(42));
+        let config = run_config(
+            &[
+                "--soak=5",
+                "--gateway-pid=42",
+                "--soak-write-percent=0",
+                "--gateway-admin-url=http://127.0.0.1:7071",
+            ],
+            ALL_PATHS_ENV,
+        );
+        assert_eq!(config.soak_write_percent, 0);
+        assert_eq!(config.gateway_admin.map(|addr| addr.port()), Some(7071));
+        assert!(
+            parse(
+                &["--gateway-admin-url", "http://10.0.0.1:7071"],
+                ALL_PATHS_ENV
+            )
+            .is_err()
+        );
     }
 
     #[test]

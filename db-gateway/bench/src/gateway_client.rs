@@ -22,7 +22,7 @@ use callmeback_signing::{
 use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{CONTENT_TYPE, HOST};
-use hyper::{Method, Request};
+use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::Value;
@@ -34,8 +34,8 @@ use crate::targets::Target;
 pub(crate) struct GatewayTarget {
     addr: SocketAddr,
     authority: String,
-    /// The exact `@target-uri` the gateway reconstructs for `POST /v1/op`.
-    target_uri: String,
+    /// `http://` + authority: the gateway reconstructs `@target-uri` as this + the path.
+    base_uri: String,
     key: Key,
 }
 
@@ -44,7 +44,7 @@ impl std::fmt::Debug for GatewayTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GatewayTarget")
             .field("addr", &self.addr)
-            .field("target_uri", &self.target_uri)
+            .field("base_uri", &self.base_uri)
             .field("key", &self.key)
             .finish()
     }
@@ -71,7 +71,7 @@ impl GatewayTarget {
         })?;
         Ok(Self {
             addr: endpoint.addr,
-            target_uri: format!("http://{}{OP_PATH}", endpoint.authority),
+            base_uri: format!("http://{}", endpoint.authority),
             authority: endpoint.authority.clone(),
             key: pick_key(file, endpoint.key_id.as_deref())?,
         })
@@ -142,11 +142,28 @@ impl GatewayConnection {
     }
 
     pub(crate) async fn balance(&mut self, aid: i32) -> anyhow::Result<i32> {
+        let body = serde_json::to_vec(&OpCall::of(&bench::ACCOUNT_BALANCE).param("aid", aid))?;
+        let (status, body) = self.post(OP_PATH, body).await?;
+        if !status.is_success() {
+            let code = serde_json::from_slice::<ErrorBody>(&body)
+                .map(|error| error.error.code)
+                .unwrap_or_else(|_| "unparseable error body".to_owned());
+            bail!("gateway answered {status} ({code})");
+        }
+        balance_from_result(&body, aid)
+    }
+
+    /// Signs `body` for `POST path` (fresh nonce, current time) and sends it; any answer the
+    /// gateway gives is `Ok`, with its status.
+    pub(crate) async fn post(
+        &mut self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
         let gateway = self
             .target
             .gateway()
             .ok_or_else(|| anyhow!("invariant: a gateway connection needs a gateway target"))?;
-        let body = serde_json::to_vec(&OpCall::of(&bench::ACCOUNT_BALANCE).param("aid", aid))?;
         self.sent += 1;
         let nonce = format!("{}-{}", self.nonce_prefix, self.sent);
         let created = SystemTime::now()
@@ -156,14 +173,14 @@ impl GatewayConnection {
         let signed = sign_request(
             &gateway.key,
             "POST",
-            &gateway.target_uri,
+            &format!("{}{path}", gateway.base_uri),
             &body,
             i64::try_from(created)?,
             &nonce,
         );
         let request = Request::builder()
             .method(Method::POST)
-            .uri(OP_PATH)
+            .uri(path)
             .header(HOST, &gateway.authority)
             .header(CONTENT_TYPE, "application/json")
             .header(CONTENT_DIGEST_HEADER, signed.content_digest)
@@ -175,13 +192,7 @@ impl GatewayConnection {
         let response = self.sender.send_request(request).await?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
-        if !status.is_success() {
-            let code = serde_json::from_slice::<ErrorBody>(&body)
-                .map(|error| error.error.code)
-                .unwrap_or_else(|_| "unparseable error body".to_owned());
-            bail!("gateway answered {status} ({code})");
-        }
-        balance_from_result(&body, aid)
+        Ok((status, body))
     }
 }
 

@@ -14,6 +14,7 @@ mod cpu;
 mod gateway_client;
 mod report;
 mod run;
+mod soak;
 mod stats;
 mod targets;
 
@@ -78,6 +79,9 @@ async fn benchmark(config: Config) -> anyhow::Result<ExitCode> {
         .and_then(|scale| scale.checked_mul(ACCOUNTS_PER_SCALE))
         .ok_or_else(|| anyhow!("scale {scale} is too large for int4 account ids"))?;
     preflight(&targets, max_aid).await?;
+    if let Some(duration) = config.soak {
+        return soak(&config, &targets, duration, max_aid).await;
+    }
 
     let threads = worker_threads(&config);
     println!("db-gateway benchmark: `{LOOKUP_SQL}`, aid uniform in 1..={max_aid} (scale {scale})");
@@ -170,6 +174,48 @@ async fn benchmark(config: Config) -> anyhow::Result<ExitCode> {
         ExitCode::from(2)
     } else {
         ExitCode::SUCCESS
+    })
+}
+
+/// Soak mode: the gateway path alone, for `duration`, at the largest client count.
+async fn soak(
+    config: &Config,
+    targets: &[(PathKind, Arc<Target>)],
+    duration: std::time::Duration,
+    max_aid: i32,
+) -> anyhow::Result<ExitCode> {
+    let (_, gateway) = targets
+        .iter()
+        .find(|(path, _)| *path == PathKind::Gateway)
+        .ok_or_else(|| anyhow!("--soak needs the gateway path (--paths gateway)"))?;
+    let gateway_pid = config
+        .gateway_pid
+        .ok_or_else(|| anyhow!("--soak needs --gateway-pid"))?;
+    let clients = config.clients.iter().copied().max().unwrap_or(16);
+    if let Some(load) = load_average() {
+        println!("load average before: {load}");
+    }
+    let clean = soak::run(
+        gateway,
+        soak::SoakPlan {
+            duration,
+            clients,
+            write_percent: config.soak_write_percent,
+            request_timeout: config.request_timeout,
+            max_aid,
+            gateway_pid,
+            gateway_admin: config.gateway_admin,
+            database: config.direct.clone(),
+        },
+    )
+    .await?;
+    if let Some(load) = load_average() {
+        println!("load average after:  {load}");
+    }
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
     })
 }
 

@@ -59,9 +59,11 @@ pub(super) async fn ready(State(state): State<AppState>) -> Response {
 
 /// Prometheus text exposition.
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
-    let body = state
-        .metrics
-        .render(&state.pool.status(), &state.reads.status());
+    let body = state.metrics.render(
+        &state.pool.status(),
+        &state.reads.status(),
+        &state.nonces.status(),
+    );
     (
         StatusCode::OK,
         [(

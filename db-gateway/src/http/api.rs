@@ -12,6 +12,10 @@
 //! Password parameters are hashed after validation and before the pool is touched (see
 //! `ops::password`), so no connection is held while a hash is computed. Procedures
 //! (`ops::ProcedureDef`) are answered by `/v1/op` only.
+//!
+//! Replay protection (`crate::replay`): a request that only reads must be vouched for by the
+//! process memory; a request that writes claims its nonce in the database (`db` does it inside
+//! the write's transaction; a procedure claims it before it runs).
 
 use axum::body::Body;
 use axum::extract::State;
@@ -25,11 +29,11 @@ use super::AppState;
 use super::auth::SignedBody;
 use super::observe::{OpLabel, RequestOutcome};
 use crate::error::ApiError;
-use crate::ops::RegisteredOp;
 use crate::ops::password::hash_new_passwords;
+use crate::ops::{Mode, RegisteredOp};
 use crate::pipeline::SharedRead;
 use crate::statement::params::{bind, bind_declared};
-use crate::{MAX_BATCH_OPS, db};
+use crate::{MAX_BATCH_OPS, db, replay};
 
 /// Longest unknown operation name echoed back in an error.
 const MAX_ECHOED_OP_NAME: usize = 64;
@@ -61,12 +65,24 @@ async fn run_single(
         authorize(state, &signed.key_id, procedure.name())?;
         let params = bind_declared(procedure.params(), &call.params)
             .map_err(|error| ApiError::InvalidParams(error.to_string()))?;
+        if procedure
+            .statements
+            .iter()
+            .any(|statement| statement.mode == Mode::Write)
+        {
+            replay::claim_alone(&state.pool, signed.claim()).await?;
+        } else {
+            signed.require_remembered(state)?;
+        }
         let output = (procedure.run)(&state.pool, &params).await?;
         return to_json(&output);
     }
     let RegisteredOp { def: op, index } = resolve(state, &call.op)?;
     outcome.op = OpLabel::Single(op.name());
     authorize(state, &signed.key_id, op.name())?;
+    if op.mode == Mode::Read {
+        signed.require_remembered(state)?;
+    }
     let mut params =
         bind(op, &call.params).map_err(|error| ApiError::InvalidParams(error.to_string()))?;
     hash_new_passwords(&mut params).await?;
@@ -75,7 +91,7 @@ async fn run_single(
     {
         return to_json(&result?);
     }
-    let output = db::run_single(&state.pool, op, &params).await?;
+    let output = db::run_single(&state.pool, op, &params, signed.claim()).await?;
     to_json(&output)
 }
 
@@ -116,12 +132,15 @@ async fn run_batch(
             .map_err(|error| ApiError::InvalidParams(error.to_string()).at(index))?;
         calls.push((op, params));
     }
+    if calls.iter().all(|(op, _)| op.mode == Mode::Read) {
+        signed.require_remembered(state)?;
+    }
     for (index, (_, params)) in calls.iter_mut().enumerate() {
         hash_new_passwords(params)
             .await
             .map_err(|error| error.at(index))?;
     }
-    let output = db::run_batch(&state.pool, &calls).await?;
+    let output = db::run_batch(&state.pool, &calls, signed.claim()).await?;
     to_json(&output)
 }
 

@@ -2,9 +2,12 @@
 //!
 //! In order: read the body under the size limit (413), verify the RFC 9421 signature over
 //! method, target URI and `Content-Digest` with `callmeback_signing` (401 with the verifier's
-//! code), then refuse a nonce already used within the skew window (401 `replayed_nonce`). Only
-//! a request that passed all three yields a [`SignedBody`]; scope checks need the operation
-//! name and happen in the handlers.
+//! code), then look the `(key id, nonce)` up in this process's replay memory (401
+//! `replayed_nonce` if it was seen). Only a request that passed all three yields a
+//! [`SignedBody`]. What the memory cannot vouch for (a signature older than what it still
+//! remembers) is decided by the handlers, which know whether the request writes: a read is
+//! refused, a write is left to its database claim (`crate::replay`). Scope checks need the
+//! operation name and happen in the handlers too.
 //!
 //! The target URI is rebuilt the way the client signed it: `GATEWAY_PUBLIC_URL` (when a TLS
 //! proxy sits in front) or `http://` + `Host`, followed by the path and query as received.
@@ -23,13 +26,49 @@ use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 
 use super::AppState;
 use crate::error::{ApiError, REPLAYED_NONCE};
-use crate::nonce::NonceRejection;
+use crate::nonce::NonceVerdict;
+use crate::replay::{self, NonceClaim};
 
-/// A request body whose signature verified and whose nonce is fresh.
+/// Longest nonce accepted (the Worker sends 32 hex digits); the database column has the same
+/// bound.
+const MAX_NONCE_LEN: usize = 128;
+
+/// A request body whose signature verified and whose nonce this process has not seen.
 #[derive(Debug)]
 pub(crate) struct SignedBody {
     pub(crate) key_id: String,
     pub(crate) body: Bytes,
+    nonce: String,
+    /// `created` + max skew: when the signature stops verifying anywhere.
+    expires_at: i64,
+    /// `Fresh`, or `Forgotten` when the memory cannot vouch for the nonce.
+    memory: NonceVerdict,
+}
+
+impl SignedBody {
+    /// What a request that writes records in its transaction.
+    pub(crate) fn claim(&self) -> NonceClaim<'_> {
+        NonceClaim {
+            key_id: &self.key_id,
+            nonce: &self.nonce,
+            expires_at: self.expires_at,
+        }
+    }
+
+    /// For requests that only read: refuses a nonce the memory cannot vouch for, since reads
+    /// have no database claim behind them.
+    pub(crate) fn require_remembered(&self, state: &AppState) -> Result<(), ApiError> {
+        if self.memory == NonceVerdict::Forgotten {
+            state.metrics.record_auth_failure(REPLAYED_NONCE);
+            return Err(ApiError::Unauthorized {
+                code: REPLAYED_NONCE,
+                message: "this signature is older than the gateway's replay memory; sign the \
+                          request again"
+                    .to_owned(),
+            });
+        }
+        Ok(())
+    }
 }
 
 impl FromRequest<AppState> for SignedBody {
@@ -84,31 +123,28 @@ impl FromRequest<AppState> for SignedBody {
                 }
             })?;
 
-        match state.nonces.check_and_insert(
-            &verified.key_id,
-            &verified.nonce,
-            verified.created,
-            now,
-        ) {
-            Ok(()) => {}
-            Err(NonceRejection::Replayed) => {
-                state.metrics.record_auth_failure(REPLAYED_NONCE);
-                return Err(ApiError::Unauthorized {
-                    code: REPLAYED_NONCE,
-                    message: "this nonce was already used within the signature window".to_owned(),
-                });
-            }
-            Err(NonceRejection::Full) => {
-                // Counted as load shedding by the access layer, like a pool timeout.
-                tracing::warn!("nonce cache is full; shedding load");
-                return Err(ApiError::Overloaded(
-                    "too many recent requests to track for replay protection".to_owned(),
-                ));
-            }
+        if verified.nonce.len() > MAX_NONCE_LEN {
+            let code = VerifyError::MalformedHeader(SIGNATURE_INPUT_HEADER).code();
+            state.metrics.record_auth_failure(code);
+            return Err(ApiError::Unauthorized {
+                code,
+                message: format!("the nonce is longer than {MAX_NONCE_LEN} characters"),
+            });
+        }
+        let memory =
+            state
+                .nonces
+                .check_and_insert(&verified.key_id, &verified.nonce, verified.created, now);
+        if memory == NonceVerdict::Replayed {
+            state.metrics.record_auth_failure(REPLAYED_NONCE);
+            return Err(replay::replayed());
         }
         Ok(SignedBody {
+            expires_at: verified.created.saturating_add(state.max_skew_secs),
             key_id: verified.key_id,
+            nonce: verified.nonce,
             body,
+            memory,
         })
     }
 }

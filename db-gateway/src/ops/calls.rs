@@ -53,7 +53,7 @@ pub static OPS: &[OpDef] = &[
                     r.relationship_type, r.custom_system_prompt, r.voice_id AS custom_voice_id, \
                     r.voice_settings AS custom_voice_settings, r.memory_summary, \
                     t.id AS template_id, t.is_active AS template_active, t.system_prompt_addition, \
-                    t.opening_line, \
+                    t.opening_line, t.name AS template_name, \
                     uc.available_credits, uc.subscription_tier, ",
             calls_today!("u.id"),
             " AS calls_today, \

@@ -20,7 +20,7 @@ fn new_user_id() -> String {
 }
 
 /// The batch the Worker sends on registration (free tier, default budget).
-fn registration(id: &str, email: &str, password: &str) -> Vec<OpCall> {
+pub(crate) fn registration(id: &str, email: &str, password: &str) -> Vec<OpCall> {
     vec![
         call(
             accounts::CREATE_USER.name,
@@ -49,7 +49,7 @@ async fn register(app: &TestApp, email: &str, password: &str) -> String {
     id
 }
 
-fn login(email: &str, password: &str) -> OpCall {
+pub(crate) fn login(email: &str, password: &str) -> OpCall {
     call(
         accounts::LOGIN.name,
         json!({"email": email, "password": password, "ip": IP}),

@@ -179,6 +179,11 @@ pub(crate) struct TestOptions {
     pub(crate) shutdown_grace: Duration,
     pub(crate) bench_ops: bool,
     pub(crate) public_url: Option<String>,
+    /// `GATEWAY_REPLAY_CACHE_ENTRIES`; `None` keeps the production default.
+    pub(crate) replay_cache_entries: Option<usize>,
+    /// The test database's `TimeZone`, which every gateway session inherits (`None`: the
+    /// cluster's). A zone far from UTC shows whether "today" and "this month" are UTC's.
+    pub(crate) database_timezone: Option<&'static str>,
 }
 
 impl Default for TestOptions {
@@ -192,6 +197,8 @@ impl Default for TestOptions {
             shutdown_grace: Duration::from_secs(10),
             bench_ops: false,
             public_url: None,
+            replay_cache_entries: None,
+            database_timezone: None,
         }
     }
 }
@@ -209,6 +216,44 @@ pub(crate) struct TestApp {
     _dir: TempDir,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<std::io::Result<()>>>,
+    /// What it was started with, for [`TestApp::restart`] and [`TestApp::spawn_peer`].
+    config: Config,
+    registry: Registry,
+}
+
+/// Another gateway on the same database and keys as a [`TestApp`], as a second instance behind
+/// a load balancer would be (sign against a `public_url` so both accept the same signatures).
+#[derive(Debug)]
+pub(crate) struct Peer {
+    pub(crate) api_addr: std::net::SocketAddr,
+    pub(crate) admin_addr: std::net::SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// A built gateway, serving until `shutdown` fires.
+struct Started {
+    api_addr: std::net::SocketAddr,
+    admin_addr: std::net::SocketAddr,
+    shutdown: oneshot::Sender<()>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+async fn start(config: Config, registry: Registry) -> Started {
+    let app = db_gateway::Application::build_with_registry(config, registry)
+        .await
+        .expect("gateway starts");
+    let (api_addr, admin_addr) = (app.api_addr(), app.admin_addr());
+    let (shutdown, stop) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async move {
+        let _ = stop.await;
+    }));
+    Started {
+        api_addr,
+        admin_addr,
+        shutdown,
+        server,
+    }
 }
 
 pub(crate) async fn spawn_app() -> TestApp {
@@ -218,6 +263,17 @@ pub(crate) async fn spawn_app() -> TestApp {
 pub(crate) async fn spawn_app_with(options: TestOptions) -> TestApp {
     init_test_logging();
     let database = TestDatabase::create().await;
+    if let Some(zone) = options.database_timezone {
+        database
+            .client()
+            .await
+            .batch_execute(&format!(
+                "ALTER DATABASE \"{}\" SET timezone = '{zone}'",
+                database.name
+            ))
+            .await
+            .expect("the test database's time zone can be set");
+    }
     apply_project_schema(&database).await;
     let dir = TempDir::new();
     let migrations = dir.path().join("migrations");
@@ -248,6 +304,9 @@ pub(crate) async fn spawn_app_with(options: TestOptions) -> TestApp {
     config.body_limit_bytes = options.body_limit_bytes;
     config.shutdown_grace = options.shutdown_grace;
     config.public_url = options.public_url;
+    if let Some(entries) = options.replay_cache_entries {
+        config.replay_cache_entries = entries;
+    }
 
     db_gateway::migrate_database(&config)
         .await
@@ -255,18 +314,11 @@ pub(crate) async fn spawn_app_with(options: TestOptions) -> TestApp {
     let registry = Registry::production(options.bench_ops)
         .and_then(|registry| registry.with(TEST_OPS))
         .expect("test registry is valid");
-    let app = db_gateway::Application::build_with_registry(config, registry)
-        .await
-        .expect("gateway starts");
-    let (api_addr, admin_addr) = (app.api_addr(), app.admin_addr());
-    let (shutdown, stop) = oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until(async move {
-        let _ = stop.await;
-    }));
+    let started = start(config.clone(), registry.clone()).await;
 
     TestApp {
-        api_addr,
-        admin_addr,
+        api_addr: started.api_addr,
+        admin_addr: started.admin_addr,
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
@@ -275,8 +327,10 @@ pub(crate) async fn spawn_app_with(options: TestOptions) -> TestApp {
         narrow_key,
         database,
         _dir: dir,
-        shutdown: Some(shutdown),
-        server: Some(server),
+        shutdown: Some(started.shutdown),
+        server: Some(started.server),
+        config,
+        registry,
     }
 }
 
@@ -393,12 +447,46 @@ impl TestApp {
         }
     }
 
+    /// Stops the gateway (draining it) and starts a fresh process-equivalent on the same
+    /// database and keys: new memory, new ports.
+    pub(crate) async fn restart(&mut self) {
+        self.shutdown().await.expect("the gateway stops cleanly");
+        let started = start(self.config.clone(), self.registry.clone()).await;
+        self.api_addr = started.api_addr;
+        self.admin_addr = started.admin_addr;
+        self.shutdown = Some(started.shutdown);
+        self.server = Some(started.server);
+    }
+
+    /// A second gateway on the same database and keys.
+    pub(crate) async fn spawn_peer(&self) -> Peer {
+        let started = start(self.config.clone(), self.registry.clone()).await;
+        Peer {
+            api_addr: started.api_addr,
+            admin_addr: started.admin_addr,
+            shutdown: Some(started.shutdown),
+            server: Some(started.server),
+        }
+    }
+
     /// Fires the shutdown signal without waiting; returns the server task.
     pub(crate) fn begin_shutdown(&mut self) -> JoinHandle<std::io::Result<()>> {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
         self.server.take().expect("server still running")
+    }
+}
+
+impl Peer {
+    pub(crate) async fn shutdown(&mut self) -> std::io::Result<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        match self.server.take() {
+            Some(server) => server.await.expect("server task does not panic"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -585,4 +673,16 @@ fn init_test_logging() {
         std::env::var_os("TEST_LOG")
             .and_then(|_| db_gateway::telemetry::init_tracing("info,db_gateway=debug").ok())
     });
+}
+
+/// A user row straight in SQL (the accounts operations are another slice's); returns its id.
+pub(crate) async fn insert_user(db: &tokio_postgres::Client) -> String {
+    let id = format!("usr_{}", fresh_nonce());
+    db.execute(
+        "INSERT INTO users (id, email, password_hash) VALUES ($1, $2, '$argon2id$v=19$test')",
+        &[&id, &format!("{id}@example.test")],
+    )
+    .await
+    .expect("insert user");
+    id
 }

@@ -117,6 +117,10 @@ pub struct Config {
     pub login: LoginLimits,
     /// Stripe webhook signing secrets.
     pub stripe: Section<StripeConfig>,
+    /// Twilio, the Worker's public address, and the rules for placing calls.
+    pub telephony: Section<TelephonyConfig>,
+    /// The conversation's providers (STT, LLM, TTS), the engine's tuning, and prices.
+    pub voice: Section<VoiceConfig>,
 }
 
 impl Config {
@@ -136,6 +140,8 @@ impl Config {
             cors: CorsPolicy::from_list(&bindings.var("CORS_ALLOWED_ORIGINS").unwrap_or_default()),
             login: LoginLimits::from_bindings(bindings),
             stripe: Section::read(bindings),
+            telephony: Section::read(bindings),
+            voice: Section::read(bindings),
         }
     }
 }
@@ -282,6 +288,291 @@ fn login_policies(window_override: Option<&str>) -> LoginLimits {
         limits.per_device.window_secs = window;
     }
     limits
+}
+
+/// Twilio and the rules for placing calls.
+///
+/// | binding | kind | default |
+/// |---|---|---|
+/// | `TWILIO_API_BASE_URL` | var | `https://api.twilio.com` (the simulator locally) |
+/// | `TWILIO_ACCOUNT_SID` | var | required |
+/// | `TWILIO_AUTH_TOKEN` | secret | required (REST auth and webhook signatures) |
+/// | `TWILIO_FROM_NUMBER` | var | required, E.164 |
+/// | `PUBLIC_BASE_URL` | var | the Worker's public origin for Twilio's callbacks; required by the scheduler |
+/// | `MEDIA_STREAM_SECRET` | secret | required, base64: signs media stream tokens and live tickets |
+/// | `PHONE_HASH_SECRET` | secret | required, base64: keys the per-number rate limit |
+/// | `CALLS_PER_PHONE_PER_HOUR` | var | 2 (and `PHONE_LIMIT_WINDOW_SECS`, 3600) |
+/// | `CALL_RING_TIMEOUT_SECS` | var | 25 |
+/// | `ANSWERING_MACHINE_DETECTION` | var | `true` |
+#[derive(Clone)]
+pub struct TelephonyConfig {
+    pub api_base: String,
+    pub account_sid: String,
+    pub auth_token: String,
+    pub from_number: String,
+    pub public_base_url: Option<String>,
+    pub stream_secret: Vec<u8>,
+    pub phone_hash_secret: Vec<u8>,
+    /// Calls per destination number (default: 2 per rolling hour).
+    pub phone_policy: RateLimitPolicy,
+    /// Call requests per user and per client address.
+    pub per_user_policy: RateLimitPolicy,
+    pub per_ip_policy: RateLimitPolicy,
+    pub ring_timeout_secs: u32,
+    pub answering_machine_detection: bool,
+}
+
+impl fmt::Debug for TelephonyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TelephonyConfig")
+            .field("api_base", &self.api_base)
+            .field("from_number", &"…")
+            .finish_non_exhaustive()
+    }
+}
+
+impl FromBindings for TelephonyConfig {
+    fn from_bindings(bindings: &impl Bindings) -> Result<Self, ConfigError> {
+        let from_number = var(bindings, "TWILIO_FROM_NUMBER")?;
+        callmeback_domain::PhoneE164::parse(&from_number)
+            .map_err(|_| ConfigError::invalid("TWILIO_FROM_NUMBER", "not an E.164 number"))?;
+        let phone_window = number(bindings, "PHONE_LIMIT_WINDOW_SECS", 3600u64, 1..=7 * 86_400)?;
+        Ok(Self {
+            api_base: bindings
+                .var("TWILIO_API_BASE_URL")
+                .unwrap_or_else(|| "https://api.twilio.com".to_owned())
+                .trim_end_matches('/')
+                .to_owned(),
+            account_sid: var(bindings, "TWILIO_ACCOUNT_SID")?,
+            auth_token: secret(bindings, "TWILIO_AUTH_TOKEN")?,
+            from_number,
+            public_base_url: bindings
+                .var("PUBLIC_BASE_URL")
+                .map(|url| url.trim_end_matches('/').to_owned())
+                .filter(|url| !url.is_empty()),
+            stream_secret: decode_base64(&secret(bindings, "MEDIA_STREAM_SECRET")?)
+                .filter(|key| key.len() >= 16)
+                .ok_or_else(|| {
+                    ConfigError::invalid("MEDIA_STREAM_SECRET", "not base64 of 16+ bytes")
+                })?,
+            phone_hash_secret: decode_base64(&secret(bindings, "PHONE_HASH_SECRET")?)
+                .filter(|key| key.len() >= 16)
+                .ok_or_else(|| {
+                    ConfigError::invalid("PHONE_HASH_SECRET", "not base64 of 16+ bytes")
+                })?,
+            phone_policy: RateLimitPolicy {
+                max_events: number(bindings, "CALLS_PER_PHONE_PER_HOUR", 2u32, 1..=1000)?,
+                window_secs: phone_window,
+            },
+            per_user_policy: RateLimitPolicy::CALL_REQUESTS_PER_USER,
+            per_ip_policy: RateLimitPolicy::CALL_REQUESTS_PER_IP,
+            ring_timeout_secs: number(bindings, "CALL_RING_TIMEOUT_SECS", 25u32, 5..=600)?,
+            answering_machine_detection: bindings
+                .var("ANSWERING_MACHINE_DETECTION")
+                .is_none_or(|value| value.trim() != "false"),
+        })
+    }
+}
+
+/// The conversation's providers and the engine's tuning.
+///
+/// | binding | kind | default |
+/// |---|---|---|
+/// | `DEEPGRAM_URL` | var | `wss://api.deepgram.com/v1/listen` |
+/// | `DEEPGRAM_API_KEY` | secret | required |
+/// | `DEEPGRAM_MODEL` | var | `nova-3` |
+/// | `STT_ENDPOINTING_MS`, `STT_UTTERANCE_END_MS` | var | 300, 1000 |
+/// | `LLM_BASE_URL` | var | `https://api.cerebras.ai/v1` |
+/// | `LLM_API_KEY` | secret | required |
+/// | `LLM_MODEL` | var | `llama3.1-8b` |
+/// | `ELEVENLABS_URL` | var | `wss://api.elevenlabs.io` |
+/// | `ELEVENLABS_API_KEY` | secret | required |
+/// | `ELEVENLABS_MODEL` | var | `eleven_flash_v2_5` |
+/// | `ELEVENLABS_DEFAULT_VOICE_ID` | var | a stock voice, for personas without one |
+/// | `VOICE_FRAME_MS`, `VOICE_LEAD_MS` | var | 100, 200 (outbound pacing) |
+/// | `BARGE_IN_MIN_WORDS` | var | 2 |
+/// | `LLM_FIRST_TOKEN_TIMEOUT_MS`, `TTS_TIMEOUT_MS` | var | 4000, 5000 |
+/// | `IDLE_PROMPT_MS`, `IDLE_HANGUP_MS` | var | 20000, 15000 |
+/// | `RATE_TWILIO_CENTS_PER_MINUTE` | var | `1.30` |
+/// | `RATE_DEEPGRAM_CENTS_PER_MINUTE` | var | `0.43` |
+/// | `RATE_LLM_INPUT_CENTS_PER_MILLION_TOKENS`, `RATE_LLM_OUTPUT_CENTS_PER_MILLION_TOKENS` | var | `10`, `10` |
+/// | `RATE_TTS_CENTS_PER_THOUSAND_CHARS` | var | `15` |
+#[derive(Clone)]
+pub struct VoiceConfig {
+    pub stt_url: String,
+    pub stt_key: String,
+    pub stt: callmeback_providers::deepgram::SttSettings,
+    pub llm_url: String,
+    pub llm_key: String,
+    pub llm: callmeback_providers::openai::LlmSettings,
+    pub tts_url: String,
+    pub tts_key: String,
+    pub tts: callmeback_providers::elevenlabs::TtsSettings,
+    pub default_voice_id: String,
+    pub engine: callmeback_media::EngineConfig,
+    pub rates: callmeback_domain::pricing::RateCard,
+}
+
+impl fmt::Debug for VoiceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VoiceConfig")
+            .field("stt_url", &self.stt_url)
+            .field("llm_url", &self.llm_url)
+            .field("tts_url", &self.tts_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FromBindings for VoiceConfig {
+    fn from_bindings(bindings: &impl Bindings) -> Result<Self, ConfigError> {
+        use callmeback_domain::pricing::{RATES_2025, Rate, RateCard};
+        let or = |name: &str, default: &str| {
+            bindings
+                .var(name)
+                .filter(|value| !value.trim().is_empty())
+                .unwrap_or_else(|| default.to_owned())
+        };
+        let mut stt = callmeback_providers::deepgram::SttSettings {
+            model: or("DEEPGRAM_MODEL", "nova-3"),
+            ..Default::default()
+        };
+        stt.endpointing_ms = number(
+            bindings,
+            "STT_ENDPOINTING_MS",
+            stt.endpointing_ms,
+            10..=5000,
+        )?;
+        stt.utterance_end_ms = number(
+            bindings,
+            "STT_UTTERANCE_END_MS",
+            stt.utterance_end_ms,
+            1000..=5000,
+        )?;
+        let mut engine = callmeback_media::EngineConfig::default();
+        engine.frame_ms = number(bindings, "VOICE_FRAME_MS", engine.frame_ms, 20..=1000)?;
+        engine.lead_ms = number(bindings, "VOICE_LEAD_MS", engine.lead_ms, 0..=2000)?;
+        engine.barge_in_min_words = number(
+            bindings,
+            "BARGE_IN_MIN_WORDS",
+            engine.barge_in_min_words,
+            1..=20,
+        )?;
+        engine.llm_first_token_timeout_ms = number(
+            bindings,
+            "LLM_FIRST_TOKEN_TIMEOUT_MS",
+            engine.llm_first_token_timeout_ms,
+            200..=60_000,
+        )?;
+        engine.tts_timeout_ms = number(
+            bindings,
+            "TTS_TIMEOUT_MS",
+            engine.tts_timeout_ms,
+            200..=60_000,
+        )?;
+        engine.idle_prompt_ms = number(
+            bindings,
+            "IDLE_PROMPT_MS",
+            engine.idle_prompt_ms,
+            1000..=600_000,
+        )?;
+        engine.idle_hangup_ms = number(
+            bindings,
+            "IDLE_HANGUP_MS",
+            engine.idle_hangup_ms,
+            1000..=600_000,
+        )?;
+        let rate =
+            |name: &'static str, default: Rate, per_units: u64| -> Result<Rate, ConfigError> {
+                match bindings.var(name) {
+                    None => Ok(default),
+                    Some(text) => text
+                        .trim()
+                        .parse::<callmeback_domain::pricing::Cents>()
+                        .ok()
+                        .filter(|cents| cents.micro_cents() >= 0)
+                        .map(|cents| Rate {
+                            micro_cents: cents.micro_cents(),
+                            per_units,
+                        })
+                        .ok_or_else(|| ConfigError::invalid(name, "not a decimal amount of cents")),
+                }
+            };
+        let rates = RateCard {
+            twilio_per_second: rate(
+                "RATE_TWILIO_CENTS_PER_MINUTE",
+                RATES_2025.twilio_per_second,
+                60,
+            )?,
+            deepgram_per_ms: rate(
+                "RATE_DEEPGRAM_CENTS_PER_MINUTE",
+                RATES_2025.deepgram_per_ms,
+                60_000,
+            )?,
+            llm_input_per_token: rate(
+                "RATE_LLM_INPUT_CENTS_PER_MILLION_TOKENS",
+                RATES_2025.llm_input_per_token,
+                1_000_000,
+            )?,
+            llm_output_per_token: rate(
+                "RATE_LLM_OUTPUT_CENTS_PER_MILLION_TOKENS",
+                RATES_2025.llm_output_per_token,
+                1_000_000,
+            )?,
+            tts_per_character: rate(
+                "RATE_TTS_CENTS_PER_THOUSAND_CHARS",
+                RATES_2025.tts_per_character,
+                1000,
+            )?,
+        };
+        Ok(Self {
+            stt_url: or("DEEPGRAM_URL", "wss://api.deepgram.com/v1/listen"),
+            stt_key: secret(bindings, "DEEPGRAM_API_KEY")?,
+            stt,
+            llm_url: or("LLM_BASE_URL", "https://api.cerebras.ai/v1")
+                .trim_end_matches('/')
+                .to_owned(),
+            llm_key: secret(bindings, "LLM_API_KEY")?,
+            llm: callmeback_providers::openai::LlmSettings {
+                model: or("LLM_MODEL", "llama3.1-8b"),
+            },
+            tts_url: or("ELEVENLABS_URL", "wss://api.elevenlabs.io")
+                .trim_end_matches('/')
+                .to_owned(),
+            tts_key: secret(bindings, "ELEVENLABS_API_KEY")?,
+            tts: callmeback_providers::elevenlabs::TtsSettings {
+                model_id: or("ELEVENLABS_MODEL", "eleven_flash_v2_5"),
+            },
+            default_voice_id: or("ELEVENLABS_DEFAULT_VOICE_ID", "21m00Tcm4TlvDq8ikWAM"),
+            engine,
+            rates,
+        })
+    }
+}
+
+/// An optional numeric var within `range`, else `default`.
+fn number<T>(
+    bindings: &impl Bindings,
+    name: &'static str,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + Copy + fmt::Display,
+{
+    match bindings.var(name) {
+        None => Ok(default),
+        Some(text) => text
+            .trim()
+            .parse::<T>()
+            .ok()
+            .filter(|value| range.contains(value))
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    name,
+                    format!("not a number from {} to {}", range.start(), range.end()),
+                )
+            }),
+    }
 }
 
 fn var(bindings: &impl Bindings, name: &'static str) -> Result<String, ConfigError> {

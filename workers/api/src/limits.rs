@@ -58,6 +58,22 @@ impl LimitKey {
         Self(format!("register-ip:{}", client_network(ip)))
     }
 
+    /// Calls to one phone number, by the number's keyed hash
+    /// (`callmeback_domain::calls::phone_key`): the number itself never names an object.
+    pub fn phone(phone_key: &str) -> Self {
+        Self(format!("phone:{phone_key}"))
+    }
+
+    /// Call requests of one user.
+    pub fn call_requests_user(user_id: &str) -> Self {
+        Self(format!("calls-user:{user_id}"))
+    }
+
+    /// Call requests from one client network (IPv4 address or IPv6 /64).
+    pub fn call_requests_ip(ip: &str) -> Self {
+        Self(format!("calls-ip:{}", client_network(ip)))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -229,6 +245,10 @@ mod tests {
             LimitKey::login_ip("203.0.113.9")
         );
         assert_eq!(LimitKey::login_ip("garbage").as_str(), "login-ip:unknown");
+        assert_eq!(
+            LimitKey::call_requests_ip("2001:db8:7:8::9").as_str(),
+            "calls-ip:2001:db8:7:8::/64"
+        );
     }
 
     #[test]

@@ -144,17 +144,27 @@ pub struct LiveTicket {
     pub user_id: String,
     /// The session token's id (revoking the session ends the socket).
     pub jti: String,
+    /// When the session token expires (unix seconds): the socket lives no longer.
+    pub session_expires_at: i64,
     /// Single-use nonce.
     pub nonce: String,
+    /// When the ticket itself expires (unix seconds).
     pub expires_at: i64,
 }
 
 /// Mints a ticket for a session.
-pub fn live_ticket(secret: &[u8], user_id: &str, jti: &str, nonce: &str, now: i64) -> String {
+pub fn live_ticket(
+    secret: &[u8],
+    user_id: &str,
+    jti: &str,
+    session_expires_at: i64,
+    nonce: &str,
+    now: i64,
+) -> String {
     sign(
         secret,
         Purpose::LiveTicket,
-        &[user_id, jti, nonce],
+        &[user_id, jti, &session_expires_at.to_string(), nonce],
         now + LIVE_TICKET_TTL_SECS,
     )
 }
@@ -167,10 +177,13 @@ pub fn verify_live_ticket(
 ) -> Result<LiveTicket, CapabilityError> {
     let fields = verify(secret, Purpose::LiveTicket, token, now)?;
     let expires_at = token_expiry(token).ok_or(CapabilityError::Malformed)?;
-    match <[String; 3]>::try_from(fields) {
-        Ok([user_id, jti, nonce]) => Ok(LiveTicket {
+    match <[String; 4]>::try_from(fields) {
+        Ok([user_id, jti, session_expires_at, nonce]) => Ok(LiveTicket {
             user_id,
             jti,
+            session_expires_at: session_expires_at
+                .parse()
+                .map_err(|_| CapabilityError::Malformed)?,
             nonce,
             expires_at,
         }),
@@ -226,10 +239,11 @@ mod tests {
 
     #[test]
     fn tickets_carry_session_and_nonce() {
-        let ticket = live_ticket(SECRET, "usr_1", "jti_1", "n1", 100);
+        let ticket = live_ticket(SECRET, "usr_1", "jti_1", 9999, "n1", 100);
         let read = verify_live_ticket(SECRET, &ticket, 120).unwrap();
         assert_eq!(read.user_id, "usr_1");
         assert_eq!(read.jti, "jti_1");
+        assert_eq!(read.session_expires_at, 9999);
         assert_eq!(read.nonce, "n1");
         assert_eq!(read.expires_at, 100 + LIVE_TICKET_TTL_SECS);
         assert_eq!(

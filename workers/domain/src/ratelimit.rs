@@ -42,6 +42,24 @@ impl RateLimitPolicy {
         max_events: 10,
         window_secs: 15 * 60,
     };
+    /// Calls to one phone number: 2 per rolling hour (the number is known only by its keyed
+    /// hash). Deployments may change it (`CALLS_PER_PHONE_PER_HOUR`).
+    pub const CALLS_PER_PHONE: Self = Self {
+        max_events: 2,
+        window_secs: 60 * 60,
+    };
+    /// Call requests per user: 20 per hour, whatever the numbers (stops a script from cycling
+    /// through numbers).
+    pub const CALL_REQUESTS_PER_USER: Self = Self {
+        max_events: 20,
+        window_secs: 60 * 60,
+    };
+    /// Call requests per client network (IPv4 address or IPv6 /64): 60 per hour (several users
+    /// behind one NAT).
+    pub const CALL_REQUESTS_PER_IP: Self = Self {
+        max_events: 60,
+        window_secs: 60 * 60,
+    };
     /// Registrations per client IP: 20 per hour.
     pub const REGISTRATIONS_PER_IP: Self = Self {
         max_events: 20,

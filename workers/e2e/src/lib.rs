@@ -11,6 +11,10 @@
 //! - `CALLMEBACK_WORKER_MAIN`: the built Worker entry (`workers/api/build/index.js`).
 //!
 //! Missing environment is a failure with a clear message, never a silent skip.
+//!
+//! Every stack also runs the provider simulators (`callmeback-simulators`) in-process on a free
+//! port, and the Worker is configured to reach Twilio, Deepgram, the LLM and ElevenLabs there:
+//! [`Stack::sims`] sets scenarios and reads what each provider saw.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -170,7 +174,21 @@ pub struct Stack {
     worker: Option<Child>,
     dir: PathBuf,
     pub http: reqwest::Client,
+    /// The provider simulators this stack's Worker talks to.
+    pub sims: callmeback_simulators::Simulators,
+    /// The Worker's `MEDIA_STREAM_SECRET`, for tests that forge or check stream tokens.
+    pub media_stream_secret: Vec<u8>,
+    /// How the gateway and the Worker were started, to restart them on the same ports.
+    gateway_bin: String,
+    keys_file: PathBuf,
+    gateway_listen: String,
+    worker_main: String,
+    worker_port: u16,
+    worker_env: String,
 }
+
+/// The Twilio number calls come from in tests.
+pub const TEST_FROM_NUMBER: &str = "+15005550006";
 
 impl Stack {
     /// Starts Postgres database + gateway + Worker and waits until the Worker answers.
@@ -208,10 +226,18 @@ impl Stack {
         )
         .expect("write keys file");
 
+        let gateway_listen = format!("127.0.0.1:{}", free_port());
         let (gateway, api_addr, admin_addr) =
-            spawn_gateway(&gateway_bin, &database_url, &keys_file, &dir);
+            spawn_gateway(&gateway_bin, &database_url, &keys_file, &gateway_listen, &dir);
         let gateway_url = format!("http://{api_addr}");
         let gateway_admin_url = format!("http://{admin_addr}");
+
+        let sims =
+            callmeback_simulators::Simulators::start(callmeback_simulators::SimConfig::default())
+                .await
+                .expect("start the provider simulators");
+        let sim_defaults = callmeback_simulators::SimConfig::default();
+        let media_stream_secret = random_bytes::<32>().to_vec();
 
         let worker_port = free_port();
         let worker_url = format!("http://127.0.0.1:{worker_port}");
@@ -229,6 +255,24 @@ impl Stack {
             "GATEWAY_URL={gateway_url}\nGATEWAY_KEY_ID={key_id}\nGATEWAY_KEY_SECRET={secret_b64}\n\
              JWT_SIGNING_KEYS={jwt_keys}\nSTRIPE_WEBHOOK_SECRETS={stripe_webhook_secret}\n\
              CORS_ALLOWED_ORIGINS={TEST_ORIGIN}\nGATEWAY_TIMEOUT_MS=10000\n"
+        );
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let worker_env = format!(
+            "{worker_env}PUBLIC_BASE_URL={worker_url}\nTWILIO_API_BASE_URL={sim}\n\
+             TWILIO_ACCOUNT_SID={sid}\nTWILIO_AUTH_TOKEN={token}\nTWILIO_FROM_NUMBER={TEST_FROM_NUMBER}\n\
+             MEDIA_STREAM_SECRET={stream}\nPHONE_HASH_SECRET={phone}\n\
+             DEEPGRAM_URL={ws}/v1/listen\nDEEPGRAM_API_KEY={stt_key}\n\
+             LLM_BASE_URL={sim}/v1\nLLM_API_KEY={llm_key}\n\
+             ELEVENLABS_URL={ws}\nELEVENLABS_API_KEY={tts_key}\n",
+            sim = sims.base_url(),
+            ws = sims.ws_base_url(),
+            sid = sim_defaults.twilio.account_sid,
+            token = sim_defaults.twilio.auth_token,
+            stream = b64(&media_stream_secret),
+            phone = b64(&random_bytes::<32>()),
+            stt_key = sim_defaults.stt.api_key,
+            llm_key = sim_defaults.llm.api_key,
+            tts_key = sim_defaults.tts.api_key,
         );
         let worker_env: String = extra_vars.iter().fold(worker_env, |env, (name, value)| {
             format!("{env}{name}={value}\n")
@@ -254,6 +298,14 @@ impl Stack {
             worker: Some(worker),
             dir,
             http,
+            sims,
+            media_stream_secret,
+            gateway_bin,
+            keys_file,
+            gateway_listen,
+            worker_main,
+            worker_port,
+            worker_env,
         };
         stack.wait_for_worker().await;
         stack
@@ -303,6 +355,92 @@ impl Stack {
         if let Some(child) = self.gateway.take() {
             stop_group(child);
         }
+    }
+
+    /// Starts the gateway again, on the same address and database, after [`Self::stop_gateway`].
+    pub fn start_gateway(&mut self) {
+        assert!(self.gateway.is_none(), "the gateway is running");
+        let (child, _, _) = spawn_gateway(
+            &self.gateway_bin,
+            &self.database_url,
+            &self.keys_file,
+            &self.gateway_listen,
+            &self.dir,
+        );
+        self.gateway = Some(child);
+    }
+
+    /// Stops workerd and starts it again on the same port and local state (Durable Object
+    /// storage survives, as it does across a deploy).
+    pub async fn restart_worker(&mut self) {
+        if let Some(child) = self.worker.take() {
+            stop_group(child);
+        }
+        self.worker = Some(spawn_worker(
+            &self.worker_main,
+            self.worker_port,
+            &self.worker_env,
+            &self.dir,
+        ));
+        self.wait_for_worker().await;
+    }
+
+    /// CPU seconds (user + system) used so far by the workerd processes of this stack (not
+    /// wrangler's own Node.js process), read from `/proc`.
+    pub fn workerd_cpu_seconds(&self) -> f64 {
+        let Some(group) = self.worker.as_ref().map(Child::id) else {
+            return 0.0;
+        };
+        let ticks_per_second = 100.0; // USER_HZ on Linux
+        let mut ticks = 0u64;
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return 0.0;
+        };
+        for entry in entries.flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid pgrp … utime stime: fields after the closing parenthesis.
+            let Some((head, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let comm = head.split_once('(').map(|(_, c)| c).unwrap_or_default();
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let pgrp: u32 = fields.get(2).and_then(|f| f.parse().ok()).unwrap_or(0);
+            if pgrp == group && comm.starts_with("workerd") {
+                let utime: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0);
+                let stime: u64 = fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
+                ticks += utime + stime;
+            }
+        }
+        ticks as f64 / ticks_per_second
+    }
+
+    /// Resident memory (KiB) of this stack's workerd processes.
+    pub fn workerd_rss_kib(&self) -> u64 {
+        let Some(group) = self.worker.as_ref().map(Child::id) else {
+            return 0;
+        };
+        let mut total = 0;
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let Some((head, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let comm = head.split_once('(').map(|(_, c)| c).unwrap_or_default();
+            let pgrp: u32 = rest.split_whitespace().nth(2).and_then(|f| f.parse().ok()).unwrap_or(0);
+            if pgrp == group && comm.starts_with("workerd") {
+                let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+                total += status
+                    .lines()
+                    .find_map(|line| line.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+        total
     }
 
     /// `GET` a Worker path.
@@ -369,6 +507,69 @@ impl Stack {
         let token = body["token"].as_str().expect("token").to_owned();
         let user_id = body["user"]["id"].as_str().expect("user id").to_owned();
         (token, user_id)
+    }
+
+    /// Registers `email` with a phone number of their own; returns (token, user id).
+    pub async fn register_with_phone(&self, email: &str, phone: &str) -> (String, String) {
+        let body = serde_json::json!({"email": email, "password": TEST_PASSWORD, "name": "Ada Lovelace", "phone": phone});
+        let (status, body) = self
+            .json(
+                reqwest::Method::POST,
+                "/api/auth/register",
+                None,
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, 201, "register: {body}");
+        (
+            body["token"].as_str().expect("token").to_owned(),
+            body["user"]["id"].as_str().expect("user id").to_owned(),
+        )
+    }
+
+    /// Puts a user on `tier` with `credits` (straight in SQL: Stripe is another test's subject).
+    pub async fn set_tier(&self, user_id: &str, tier: &str, credits: i32) {
+        self.db()
+            .await
+            .execute(
+                "UPDATE user_credits SET subscription_tier = $2, available_credits = $3 WHERE user_id = $1",
+                &[&user_id, &tier, &credits],
+            )
+            .await
+            .expect("set tier");
+    }
+
+    /// Polls `GET /api/calls/{id}` until the call is recorded as over (or `timeout`); returns it.
+    pub async fn wait_for_outcome(
+        &self,
+        token: &str,
+        call_id: &str,
+        timeout: Duration,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, body) = self
+                .json(
+                    reqwest::Method::GET,
+                    &format!("/api/calls/{call_id}"),
+                    Some(token),
+                    None,
+                )
+                .await;
+            assert_eq!(status, 200, "get call: {body}");
+            let call = &body["call"];
+            if !call["metrics"].is_null()
+                || call["status"] == "failed" && !call["error_message"].is_null()
+            {
+                return call.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "call {call_id} not recorded within {timeout:?}: {call}\nworker log:\n{}",
+                self.worker_log()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// Logs `email` in with [`TEST_PASSWORD`]; returns the token.
@@ -460,13 +661,18 @@ fn spawn_gateway(
     bin: &str,
     database_url: &str,
     keys_file: &Path,
+    listen: &str,
     dir: &Path,
 ) -> (Child, String, String) {
-    let log = std::fs::File::create(dir.join("gateway.log")).expect("gateway log file");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("gateway.log"))
+        .expect("gateway log file");
     let mut child = Command::new(bin)
         .arg("serve")
         .env("DATABASE_URL", database_url)
-        .env("GATEWAY_LISTEN", "127.0.0.1:0")
+        .env("GATEWAY_LISTEN", listen)
         .env("GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
         .env("GATEWAY_KEYS_FILE", keys_file)
         .env("GATEWAY_MIGRATIONS_DIR", repo_root().join("migrations"))
@@ -510,7 +716,11 @@ fn spawn_worker(main: &str, port: u16, worker_env: &str, dir: &Path) -> Child {
     );
     std::fs::write(dir.join("wrangler.toml"), config).expect("write test wrangler config");
     std::fs::write(dir.join("worker.env"), worker_env).expect("write worker env file");
-    let log = std::fs::File::create(dir.join("worker.log")).expect("worker log file");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("worker.log"))
+        .expect("worker log file");
     let log_err = log.try_clone().expect("clone log handle");
     Command::new(repo_root().join("node_modules/.bin/wrangler"))
         .current_dir(dir)
@@ -524,6 +734,8 @@ fn spawn_worker(main: &str, port: u16, worker_env: &str, dir: &Path) -> Child {
             "--env-file",
             "worker.env",
             "--show-interactive-dev-session=false",
+            // Exposes /__scheduled so tests can fire the cron trigger.
+            "--test-scheduled",
         ])
         .env("WRANGLER_SEND_METRICS", "false")
         .env("CI", "true")

@@ -9,14 +9,21 @@
 //! routes) the verified session.
 //!
 //! Services: `health`, `meta` (the OpenAPI document), `auth`, `personas/` (catalogue,
-//! relationships, admin) and `billing/` (credits, budget, stripe, admin_stats); the two larger
-//! services are directories with one module per sub-resource and the route table in `mod.rs`.
+//! relationships, admin), `billing/` (credits, budget, stripe, admin_stats), `calls`,
+//! `schedules`, `live`, `me` (call preferences, personas' memories) and `twilio` (Twilio's
+//! webhooks and media stream); the two larger services are directories with one module per
+//! sub-resource and the route table in `mod.rs`.
 
 mod auth;
 mod billing;
+mod calls;
 mod health;
+mod live;
+mod me;
 mod meta;
 mod personas;
+mod schedules;
+mod twilio;
 
 use std::rc::Rc;
 
@@ -39,6 +46,16 @@ pub enum Service {
     Billing,
     /// The API description itself.
     Meta,
+    /// Placing, listing and ending phone calls; a number's rate limit.
+    Calls,
+    /// Scheduled and recurring calls.
+    Schedules,
+    /// The app's live channel.
+    Live,
+    /// Call preferences and personas' memories.
+    Me,
+    /// Twilio's webhooks and media stream.
+    Twilio,
 }
 
 /// One route: method + path pattern (`{name}` marks a path parameter).
@@ -77,6 +94,11 @@ pub const TABLES: &[&[RouteDef]] = &[
     auth::ROUTES,
     personas::ROUTES,
     billing::ROUTES,
+    calls::ROUTES,
+    schedules::ROUTES,
+    live::ROUTES,
+    me::ROUTES,
+    twilio::ROUTES,
 ];
 
 /// Iterates every route.
@@ -230,6 +252,11 @@ async fn route(
         Service::Personas => personas::handle(route, request).await,
         Service::Billing => billing::handle(route, request).await,
         Service::Meta => meta::handle(route, request).await,
+        Service::Calls => calls::handle(route, request).await,
+        Service::Schedules => schedules::handle(route, request).await,
+        Service::Live => live::handle(route, request).await,
+        Service::Me => me::handle(route, request).await,
+        Service::Twilio => twilio::handle(route, request).await,
     }
 }
 
