@@ -389,7 +389,8 @@ impl FromBindings for TelephonyConfig {
 /// | `ELEVENLABS_API_KEY` | secret | required |
 /// | `ELEVENLABS_MODEL` | var | `eleven_flash_v2_5` |
 /// | `ELEVENLABS_DEFAULT_VOICE_ID` | var | a stock voice, for personas without one |
-/// | `VOICE_FRAME_MS`, `VOICE_LEAD_MS` | var | 100, 200 (outbound pacing) |
+/// | `VOICE_FRAME_MS`, `VOICE_LEAD_MS` | var | 160, 320 (outbound pacing) |
+/// | `STT_BATCH_MS` | var | 40 (caller audio per message to STT) |
 /// | `BARGE_IN_MIN_WORDS` | var | 2 |
 /// | `LLM_FIRST_TOKEN_TIMEOUT_MS`, `TTS_TIMEOUT_MS` | var | 4000, 5000 |
 /// | `IDLE_PROMPT_MS`, `IDLE_HANGUP_MS` | var | 20000, 15000 |
@@ -451,6 +452,7 @@ impl FromBindings for VoiceConfig {
         let mut engine = callmeback_media::EngineConfig::default();
         engine.frame_ms = number(bindings, "VOICE_FRAME_MS", engine.frame_ms, 20..=1000)?;
         engine.lead_ms = number(bindings, "VOICE_LEAD_MS", engine.lead_ms, 0..=2000)?;
+        engine.stt_batch_ms = number(bindings, "STT_BATCH_MS", engine.stt_batch_ms, 20..=200)?;
         engine.barge_in_min_words = number(
             bindings,
             "BARGE_IN_MIN_WORDS",

@@ -253,12 +253,28 @@ pub async fn place_call(
                         .param("twilio_call_sid", resource.sid.as_str()),
                 )
                 .await;
-            if let Err(error) = marked {
+            match marked {
+                Ok(result) => {
+                    // Only announce `calling` if a fast callback has not already moved it on.
+                    let status = result.first().and_then(|row| row.get("status")).cloned();
+                    if status.as_ref().and_then(Value::as_str) == Some("calling") {
+                        let event = json!({
+                            "type": "call_status",
+                            "call_id": call_id,
+                            "status": "calling",
+                        });
+                        if let Err(error) =
+                            crate::live::publish(placement.env, &request.user_id, &event).await
+                        {
+                            worker::console_warn!("call status not delivered: {error}");
+                        }
+                    }
+                }
                 // The call is ringing; its callbacks will bring the row up to date.
-                worker::console_warn!(
+                Err(error) => worker::console_warn!(
                     "request {}: call sid not stored yet: {error:?}",
                     placement.request_id
-                );
+                ),
             }
             let placed = call_session::send(
                 &namespace,

@@ -187,6 +187,15 @@ pub struct Stack {
     worker_env: String,
 }
 
+/// CPU seconds of a stack's workerd processes.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WorkerdCpu {
+    /// The process running the Worker and its Durable Objects.
+    pub worker: f64,
+    /// `wrangler dev`'s local proxy in front of it (not part of a deployment).
+    pub proxy: f64,
+}
+
 /// The Twilio number calls come from in tests.
 pub const TEST_FROM_NUMBER: &str = "+15005550006";
 
@@ -227,8 +236,13 @@ impl Stack {
         .expect("write keys file");
 
         let gateway_listen = format!("127.0.0.1:{}", free_port());
-        let (gateway, api_addr, admin_addr) =
-            spawn_gateway(&gateway_bin, &database_url, &keys_file, &gateway_listen, &dir);
+        let (gateway, api_addr, admin_addr) = spawn_gateway(
+            &gateway_bin,
+            &database_url,
+            &keys_file,
+            &gateway_listen,
+            &dir,
+        );
         let gateway_url = format!("http://{api_addr}");
         let gateway_admin_url = format!("http://{admin_addr}");
 
@@ -385,35 +399,61 @@ impl Stack {
         self.wait_for_worker().await;
     }
 
-    /// CPU seconds (user + system) used so far by the workerd processes of this stack (not
-    /// wrangler's own Node.js process), read from `/proc`.
-    pub fn workerd_cpu_seconds(&self) -> f64 {
+    /// CPU seconds (user + system) used so far by this stack's workerd processes, read from
+    /// `/proc`: the one running the Worker and its Durable Objects, and the one `wrangler dev`
+    /// puts in front of it as a local proxy (which production does not have).
+    pub fn workerd_cpu_seconds(&self) -> WorkerdCpu {
+        let mut cpu = WorkerdCpu::default();
+        for process in self.workerd_processes() {
+            let Ok(stat) = std::fs::read_to_string(process.join("stat")) else {
+                continue;
+            };
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = fields
+                .get(11)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+                + fields
+                    .get(12)
+                    .and_then(|f| f.parse::<u64>().ok())
+                    .unwrap_or(0);
+            let seconds = ticks as f64 / 100.0; // USER_HZ on Linux
+            let cmdline = std::fs::read(process.join("cmdline")).unwrap_or_default();
+            // The Worker's own workerd is the one wrangler attaches its inspector to.
+            if String::from_utf8_lossy(&cmdline).contains("--inspector-addr") {
+                cpu.worker += seconds;
+            } else {
+                cpu.proxy += seconds;
+            }
+        }
+        cpu
+    }
+
+    /// `/proc/<pid>` of every live workerd process of this stack (its process group).
+    fn workerd_processes(&self) -> Vec<PathBuf> {
         let Some(group) = self.worker.as_ref().map(Child::id) else {
-            return 0.0;
+            return Vec::new();
         };
-        let ticks_per_second = 100.0; // USER_HZ on Linux
-        let mut ticks = 0u64;
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return 0.0;
-        };
-        for entry in entries.flatten() {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
                 continue;
             };
-            // pid (comm) state ppid pgrp … utime stime: fields after the closing parenthesis.
             let Some((head, rest)) = stat.rsplit_once(')') else {
                 continue;
             };
             let comm = head.split_once('(').map(|(_, c)| c).unwrap_or_default();
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let pgrp: u32 = fields.get(2).and_then(|f| f.parse().ok()).unwrap_or(0);
-            if pgrp == group && comm.starts_with("workerd") {
-                let utime: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0);
-                let stime: u64 = fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
-                ticks += utime + stime;
+            let mut fields = rest.split_whitespace();
+            let state = fields.next().unwrap_or_default();
+            let pgrp: u32 = fields.nth(1).and_then(|f| f.parse().ok()).unwrap_or(0);
+            if pgrp == group && comm.starts_with("workerd") && state != "Z" {
+                found.push(entry.path());
             }
         }
-        ticks as f64 / ticks_per_second
+        found
     }
 
     /// Resident memory (KiB) of this stack's workerd processes.
@@ -430,9 +470,14 @@ impl Stack {
                 continue;
             };
             let comm = head.split_once('(').map(|(_, c)| c).unwrap_or_default();
-            let pgrp: u32 = rest.split_whitespace().nth(2).and_then(|f| f.parse().ok()).unwrap_or(0);
+            let pgrp: u32 = rest
+                .split_whitespace()
+                .nth(2)
+                .and_then(|f| f.parse().ok())
+                .unwrap_or(0);
             if pgrp == group && comm.starts_with("workerd") {
-                let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+                let status =
+                    std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
                 total += status
                     .lines()
                     .find_map(|line| line.strip_prefix("VmRSS:"))

@@ -10,12 +10,17 @@ pub const BYTES_PER_MS: u64 = 8;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EngineConfig {
-    /// Audio per outbound media message. Larger frames mean fewer messages (CPU); the first
-    /// frame of a reply goes out as soon as any audio exists, whatever this says.
+    /// Audio per outbound media message (each followed by a mark). Every WebSocket message
+    /// costs the runtime far more than its bytes, so frames are larger than Twilio's 20 ms; the
+    /// first frame of a reply goes out as soon as any audio exists, whatever this says.
     pub frame_ms: u64,
-    /// How far ahead of the caller's ear we let the telephony side's buffer run. Small enough
-    /// that a lost `clear` costs little, large enough to ride out scheduling jitter.
+    /// How far ahead of the caller's ear we let the telephony side's buffer run: two frames, so
+    /// the next frame is always there before the current one ends. `clear` empties it at once
+    /// on a barge-in, so a longer lead costs nothing there.
     pub lead_ms: u64,
+    /// Caller audio sent to STT in pieces of this length (Twilio sends 20 ms frames; sending
+    /// two at a time halves the messages for at most 20 ms more recognition delay).
+    pub stt_batch_ms: u64,
     /// Words (not counting backchannels like "mhm") the caller must say over the persona before
     /// it stops talking. Shorter sounds are echo, coughs or listening noises.
     pub barge_in_min_words: u32,
@@ -81,8 +86,9 @@ impl Default for FixedLines {
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
-            frame_ms: 100,
-            lead_ms: 200,
+            frame_ms: 160,
+            lead_ms: 320,
+            stt_batch_ms: 40,
             barge_in_min_words: 2,
             max_history_chars: 6000,
             llm_first_token_timeout_ms: 4000,

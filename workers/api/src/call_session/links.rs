@@ -139,6 +139,8 @@ async fn connect(call: Rc<Call>, which: Which) {
             };
             match which {
                 Which::Stt => {
+                    // What waited in the batch is in the replay too: send it once.
+                    call.stt_batch.borrow_mut().clear();
                     call.dispatch(Event::SttConnected);
                     let replay = call.engine.borrow_mut().audio_to_replay();
                     for chunk in replay.chunks(REPLAY_CHUNK_BYTES) {

@@ -4,7 +4,7 @@
 //! - the plan (`POST /init`): everything the call needs, so the call itself reads no database;
 //! - Twilio's status and answering-machine callbacks, forwarded by the Worker after it checked
 //!   their signatures (`POST /status`, `POST /amd`), and hang-up requests (`POST /hangup`);
-//! - the media stream (`GET /media`, a WebSocket accepted with the hibernation API), the STT and
+//! - the media stream (`GET /media`, a WebSocket accepted by the running object), the STT and
 //!   TTS sockets and the LLM requests, all driven by the pure engine (`callmeback-media`) in
 //!   [`runtime`];
 //! - its alarm: limit checks at least every 30 s while the call is live, the backstop for a call
@@ -265,12 +265,19 @@ impl CallSession {
         let Some(call) = self.call.borrow().clone() else {
             return Response::error("unknown call", 404);
         };
-        if !self.state.get_websockets().is_empty() || !call.accepts_media() {
+        if !call.accepts_media() {
             return Response::error("a media stream is already open or the call is over", 409);
         }
+        // Accepted directly, not through the hibernation API: during a call the object never
+        // hibernates anyway (its STT and TTS sockets keep it in memory), and a hibernatable
+        // socket delivers every frame as an event of its own, which costs far more per 20 ms
+        // frame than a listener in the running object.
         let pair = WebSocketPair::new()?;
-        self.state.accept_web_socket(&pair.server);
-        call.twilio_connected(pair.server);
+        pair.server.accept()?;
+        call.twilio_connected(pair.server.clone());
+        let reader = call.clone();
+        let socket = pair.server;
+        wasm_bindgen_futures::spawn_local(async move { reader.read_twilio(socket).await });
         Response::from_websocket(pair.client)
     }
 }

@@ -23,7 +23,7 @@ use callmeback_providers::openai::{self, SseData, SseParser};
 use callmeback_providers::twilio::media::{self, Inbound};
 use futures_util::StreamExt as _;
 use wasm_bindgen_futures::spawn_local;
-use worker::{AbortController, Delay, Env, Fetch, State, WebSocket};
+use worker::{AbortController, Delay, Env, Fetch, State, WebSocket, WebsocketEvent};
 
 use super::links::{self, Link};
 use super::{AmdRequest, StatusRequest, finalize};
@@ -61,6 +61,9 @@ pub struct Call {
     wake_at: Cell<Option<u64>>,
     /// Reused decode buffer for inbound audio.
     audio: RefCell<Vec<u8>>,
+    /// Caller audio waiting to go to STT as one message ([`callmeback_media::EngineConfig::stt_batch_ms`]).
+    pub(super) stt_batch: RefCell<Vec<u8>>,
+    stt_batch_bytes: usize,
     /// Reused encode buffer for outbound media messages.
     frame: RefCell<String>,
     dropped: RefCell<BTreeMap<&'static str, u32>>,
@@ -106,6 +109,8 @@ impl Call {
             timer_generation: Cell::new(0),
             wake_at: Cell::new(None),
             audio: RefCell::new(Vec::with_capacity(320)),
+            stt_batch_bytes: usize::try_from(voice.engine.stt_batch_ms * 8).unwrap_or(320),
+            stt_batch: RefCell::new(Vec::with_capacity(1600)),
             frame: RefCell::new(String::with_capacity(2048)),
             dropped: RefCell::new(BTreeMap::new()),
             answered_by: RefCell::new(None),
@@ -254,6 +259,22 @@ impl Call {
         }));
     }
 
+    /// Reads the Twilio socket until it closes.
+    pub async fn read_twilio(self: Rc<Self>, ws: WebSocket) {
+        if let Ok(mut events) = ws.events() {
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(WebsocketEvent::Message(message)) => match message.text() {
+                        Some(text) => self.on_twilio_text(&ws, &text),
+                        None => self.count_dropped("binary_frame"),
+                    },
+                    Ok(WebsocketEvent::Close(_)) | Err(_) => break,
+                }
+            }
+        }
+        self.on_twilio_closed();
+    }
+
     /// One text frame from Twilio.
     pub fn on_twilio_text(self: &Rc<Self>, ws: &WebSocket, text: &str) {
         let mut audio = self.audio.borrow_mut();
@@ -275,8 +296,13 @@ impl Call {
             let route = self.engine.borrow_mut().caller_audio(&audio);
             match route {
                 AudioRoute::Forward => {
-                    if let Some(ws) = self.stt.borrow().socket() {
-                        let _ = ws.send_with_bytes(&*audio);
+                    let mut batch = self.stt_batch.borrow_mut();
+                    batch.extend_from_slice(&audio);
+                    if batch.len() >= self.stt_batch_bytes {
+                        if let Some(ws) = self.stt.borrow().socket() {
+                            let _ = ws.send_with_bytes(&*batch);
+                        }
+                        batch.clear();
                     }
                 }
                 AudioRoute::Buffered => {}
