@@ -48,6 +48,86 @@ pub fn field_code<'a>(body: &'a serde_json::Value, field: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no error for field {field}: {body}"))
 }
 
+/// What [`raw_http`] read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawAnswer {
+    /// The status code, when a status line arrived in time.
+    pub status: Option<u16>,
+    /// Status line and headers.
+    pub head: String,
+    /// Whatever of the body arrived (up to 64 KiB).
+    pub body: String,
+}
+
+/// Writes `head` to the Worker over a plain TCP connection, then `body_chunks` in the background
+/// (and then keeps the connection open without finishing the body), and reads the answer for up
+/// to `wait`. For what an HTTP client will not send: unknown methods, chunked bodies that never
+/// end.
+pub async fn raw_http(
+    stack: &Stack,
+    head: &[u8],
+    body_chunks: &[Vec<u8>],
+    wait: Duration,
+) -> RawAnswer {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let address = stack.worker_url.trim_start_matches("http://");
+    let socket = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect to the Worker");
+    let (mut reader, mut writer) = socket.into_split();
+    writer.write_all(head).await.expect("send the request head");
+    let chunks = body_chunks.to_vec();
+    let sender = tokio::spawn(async move {
+        for chunk in chunks {
+            if writer.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        // Never finish the body: an answer can only come from a server that stopped reading.
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        drop(writer);
+    });
+    let mut received = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let Ok(read) = tokio::time::timeout_at(deadline, reader.read(&mut buffer)).await else {
+            break;
+        };
+        match read {
+            Ok(0) | Err(_) => break,
+            Ok(count) => received.extend_from_slice(&buffer[..count]),
+        }
+        if received.len() > 64 * 1024 || response_complete(&received) {
+            break;
+        }
+    }
+    sender.abort();
+    let text = String::from_utf8_lossy(&received).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    RawAnswer {
+        status: head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|status| status.parse().ok()),
+        head: head.to_owned(),
+        body: body.to_owned(),
+    }
+}
+
+/// Whether `received` holds a whole response with a `Content-Length` body.
+fn response_complete(received: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(received);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    head.lines()
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, value)| value.trim().parse::<usize>().ok())
+        .is_some_and(|length| body.len() >= length)
+}
+
 /// The frontend origin the test Worker allows for CORS.
 pub const TEST_ORIGIN: &str = "http://app.callmeback.test";
 
