@@ -811,13 +811,21 @@ fn spawn_workerd(main: &str, port: u16, worker_env: &str, dir: &Path) -> Child {
     // Embedded files are found relative to the config: copy the build beside it.
     let main_dir = dir.join("worker-build");
     std::fs::create_dir_all(&main_dir).expect("create the build copy dir");
-    let build_dir = Path::new(main).parent().expect("the Worker's build directory");
+    let build_dir = Path::new(main)
+        .parent()
+        .expect("the Worker's build directory");
     for file in ["index.js", "index_bg.wasm"] {
         std::fs::copy(build_dir.join(file), main_dir.join(file)).expect("copy the built Worker");
     }
     let storage = dir.join("workerd-state");
     std::fs::create_dir_all(&storage).expect("create Durable Object storage dir");
-    let config = workerd_config(&wrangler, worker_env, Path::new("worker-build"), &storage, port);
+    let config = workerd_config(
+        &wrangler,
+        worker_env,
+        Path::new("worker-build"),
+        &storage,
+        port,
+    );
     std::fs::write(dir.join("workerd.capnp"), config).expect("write workerd config");
     let log = std::fs::OpenOptions::new()
         .create(true)

@@ -34,7 +34,10 @@ async fn main() {
     while let Some(arg) = args.next() {
         match (arg.as_str(), args.next()) {
             ("--steps", Some(list)) => {
-                steps = list.split(',').filter_map(|n| n.trim().parse().ok()).collect();
+                steps = list
+                    .split(',')
+                    .filter_map(|n| n.trim().parse().ok())
+                    .collect();
             }
             ("--lines", Some(n)) => lines_per_call = n.parse().unwrap_or(lines_per_call),
             _ => {
@@ -137,8 +140,13 @@ async fn run_step(
     for index in 0..calls {
         let phone = format!("+1{:03}555{:04}", 201 + step_index, index);
         let ip = format!("10.{}.{}.{}", step_index + 1, index / 250, index % 250 + 1);
-        let token = register(stack, &format!("scale{step_index}-{index}@example.com"), &phone, &ip)
-            .await;
+        let token = register(
+            stack,
+            &format!("scale{step_index}-{index}@example.com"),
+            &phone,
+            &ip,
+        )
+        .await;
         let lines = (0..lines_per_call)
             .map(|n| Line {
                 say: format!("This is line {n}, how are you doing today?"),
