@@ -135,3 +135,33 @@ stop_bg() {
 
 # Random secret, base64 (32 bytes).
 random_b64() { head -c 32 /dev/urandom | base64 | tr -d '\n'; }
+
+# Runs one of the call benchmarks (a binary of workers/e2e) against a throwaway PostgreSQL, the
+# release gateway and the release Worker: `run_call_bench <binary> [its arguments...]`. The
+# benchmarks start their own stack through callmeback_e2e::Stack, which reads these variables.
+run_call_bench() {
+    local bin="$1" port
+    shift
+    "$ROOT/scripts/bootstrap"
+    BENCH_PG="$LOCAL/$bin-pg"
+    # shellcheck disable=SC2064 # the path is fixed now, on purpose
+    trap "pg_down '$BENCH_PG/data'" EXIT
+    pg_down "$BENCH_PG/data"
+    rm -rf "$BENCH_PG"
+    port="$(free_port)"
+    say "throwaway postgres on 127.0.0.1:$port"
+    pg_up "$BENCH_PG/data" "$port"
+
+    say "building db-gateway, the Worker and $bin (release)"
+    cargo build -q --release -p db-gateway -p callmeback-e2e --bin db-gateway --bin "$bin"
+    "$ROOT/scripts/build-worker" >"$LOCAL/worker-build.log" 2>&1 || {
+        cat "$LOCAL/worker-build.log" >&2
+        die "the Worker did not build"
+    }
+
+    export TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+    export CALLMEBACK_GATEWAY_BIN="$ROOT/target/release/db-gateway"
+    export CALLMEBACK_WORKER_MAIN="$ROOT/workers/api/build/index.js"
+    say "running $bin (Worker runtime: ${CALLMEBACK_WORKER_RUNTIME:-wrangler dev})"
+    "$ROOT/target/release/$bin" "$@"
+}
