@@ -980,7 +980,11 @@ fn stop_group(mut child: Child) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+    // Usually the group is gone by now and kill says so; that is not news.
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &group])
+        .stderr(Stdio::null())
+        .status();
     let _ = child.wait();
 }
 
