@@ -196,7 +196,10 @@ async fn a_call_twilio_refuses_fails_readably_and_costs_neither_slot_nor_daily_c
     let stored = get_call(&stack, &token, &answer.call_id()).await;
     assert_eq!(stored["status"], "failed");
     assert_eq!(stored["error_message"], message);
-    assert!(sim_calls_to(&stack, abroad).is_empty(), "nothing was dialled");
+    assert!(
+        sim_calls_to(&stack, abroad).is_empty(),
+        "nothing was dialled"
+    );
 
     // The number's slot was given back…
     let limit = rate_limit_status(&stack, &token, abroad).await;
@@ -241,9 +244,12 @@ async fn each_refusal_has_its_own_code_and_places_nothing() {
         "{}",
         answer.body
     );
-    db.execute("UPDATE personas SET is_active = false WHERE id = 'alex'", &[])
-        .await
-        .expect("retire alex");
+    db.execute(
+        "UPDATE personas SET is_active = false WHERE id = 'alex'",
+        &[],
+    )
+    .await
+    .expect("retire alex");
     let answer = post_call(&stack, Some(&token), json!({"persona_id": "alex"}), None).await;
     assert_eq!(
         (answer.status, answer.code()),

@@ -28,7 +28,12 @@ fn assert_phone_limited(answer: &Answer) {
         .retry_after
         .as_deref()
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("Retry-After missing or not seconds: {:?}", answer.retry_after));
+        .unwrap_or_else(|| {
+            panic!(
+                "Retry-After missing or not seconds: {:?}",
+                answer.retry_after
+            )
+        });
     assert!(
         (1..=WINDOW_SECS).contains(&retry_after),
         "Retry-After {retry_after}"

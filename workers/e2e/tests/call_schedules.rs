@@ -20,7 +20,10 @@ use serde_json::{Value, json};
 
 /// Fires the cron trigger as if it ran at `at` (RFC 3339), waiting for the run to finish.
 async fn run_cron_at(stack: &Stack, at: Option<&str>) {
-    let mut url = format!("{}/cdn-cgi/handler/scheduled?cron=*+*+*+*+*", stack.worker_url);
+    let mut url = format!(
+        "{}/cdn-cgi/handler/scheduled?cron=*+*+*+*+*",
+        stack.worker_url
+    );
     if let Some(at) = at {
         let millis = chrono::DateTime::parse_from_rfc3339(at)
             .expect("an RFC 3339 instant")
@@ -48,7 +51,10 @@ async fn create_schedule(stack: &Stack, token: &str, body: Value) -> String {
         .json(Method::POST, "/api/schedules", Some(token), Some(body))
         .await;
     assert_eq!(status, 201, "{body}");
-    body["schedule"]["id"].as_str().expect("schedule id").to_owned()
+    body["schedule"]["id"]
+        .as_str()
+        .expect("schedule id")
+        .to_owned()
 }
 
 /// Makes schedules due now (in the database's clock).
@@ -104,7 +110,10 @@ async fn assert_ran(
     assert_eq!(row["last_error"], Value::Null, "{id}: {row}");
     assert_eq!(row["ran"], true, "{id}: {row}");
     assert_eq!(row["next_run_at"].as_str(), next, "{id}: {row}");
-    let call_id = row["call_id"].as_str().expect("the run names its call").to_owned();
+    let call_id = row["call_id"]
+        .as_str()
+        .expect("the run names its call")
+        .to_owned();
     let placed = stack
         .db()
         .await
@@ -153,10 +162,18 @@ async fn recurring_schedules_keep_their_local_time_across_daylight_saving_change
     let berlin = create_schedule(&stack, &token, daily("07:30", "Europe/Berlin", numbers[0])).await;
     let berlin_gap =
         create_schedule(&stack, &token, daily("02:30", "Europe/Berlin", numbers[1])).await;
-    let new_york =
-        create_schedule(&stack, &token, daily("07:30", "America/New_York", numbers[2])).await;
-    let new_york_twice =
-        create_schedule(&stack, &token, daily("01:30", "America/New_York", numbers[3])).await;
+    let new_york = create_schedule(
+        &stack,
+        &token,
+        daily("07:30", "America/New_York", numbers[2]),
+    )
+    .await;
+    let new_york_twice = create_schedule(
+        &stack,
+        &token,
+        daily("01:30", "America/New_York", numbers[3]),
+    )
+    .await;
     let berlin_autumn =
         create_schedule(&stack, &token, daily("07:30", "Europe/Berlin", numbers[4])).await;
     let (status, listed) = stack
@@ -169,17 +186,56 @@ async fn recurring_schedules_keep_their_local_time_across_daylight_saving_change
     // 03:00 EST → EDT); Berlin does not until two weeks later.
     make_due(&stack, &[&berlin, &new_york]).await;
     run_cron_at(&stack, Some("2027-03-13T17:00:00Z")).await;
-    assert_ran(&stack, &new_york, numbers[2], "scheduled", Some("2027-03-14T11:30:00Z"), 0).await;
-    assert_ran(&stack, &berlin, numbers[0], "scheduled", Some("2027-03-14T06:30:00Z"), 0).await;
+    assert_ran(
+        &stack,
+        &new_york,
+        numbers[2],
+        "scheduled",
+        Some("2027-03-14T11:30:00Z"),
+        0,
+    )
+    .await;
+    assert_ran(
+        &stack,
+        &berlin,
+        numbers[0],
+        "scheduled",
+        Some("2027-03-14T06:30:00Z"),
+        0,
+    )
+    .await;
 
     // Saturday 27 March 2027: Berlin moves forward that night (02:00 → 03:00 CET → CEST). 07:30
     // is 05:30 UTC from Sunday on, and 02:30 does not exist on Sunday: it fires at 03:30.
     make_due(&stack, &[&berlin, &berlin_gap, &new_york]).await;
     run_cron_at(&stack, Some("2027-03-27T12:00:00Z")).await;
-    assert_ran(&stack, &berlin, numbers[0], "scheduled", Some("2027-03-28T05:30:00Z"), 1).await;
-    assert_ran(&stack, &berlin_gap, numbers[1], "scheduled", Some("2027-03-28T01:30:00Z"), 0)
-        .await;
-    assert_ran(&stack, &new_york, numbers[2], "scheduled", Some("2027-03-28T11:30:00Z"), 1).await;
+    assert_ran(
+        &stack,
+        &berlin,
+        numbers[0],
+        "scheduled",
+        Some("2027-03-28T05:30:00Z"),
+        1,
+    )
+    .await;
+    assert_ran(
+        &stack,
+        &berlin_gap,
+        numbers[1],
+        "scheduled",
+        Some("2027-03-28T01:30:00Z"),
+        0,
+    )
+    .await;
+    assert_ran(
+        &stack,
+        &new_york,
+        numbers[2],
+        "scheduled",
+        Some("2027-03-28T11:30:00Z"),
+        1,
+    )
+    .await;
 
     // Saturday 6 November 2027: New York falls back that night (02:00 EDT → 01:00 EST); 01:30
     // happens twice and fires once, at the first (EDT). Berlin is on winter time again.
@@ -264,7 +320,12 @@ async fn two_overlapping_cron_runs_fire_a_due_schedule_once() {
             .get(0);
         assert_eq!(calls, 1, "{id} fired {calls} times");
         let (status, call) = stack
-            .json(Method::GET, &format!("/api/calls/{call_id}"), Some(&token), None)
+            .json(
+                Method::GET,
+                &format!("/api/calls/{call_id}"),
+                Some(&token),
+                None,
+            )
             .await;
         assert_eq!(status, 200, "{call}");
         assert_eq!(call["call"]["scheduled_call_id"], id.as_str());

@@ -17,7 +17,10 @@ const OUTCOME_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn amd_params(call_sid: &str, answered_by: &str) -> Vec<(String, String)> {
     vec![
-        ("AccountSid".to_owned(), "AC00000000000000000000000000000000".to_owned()),
+        (
+            "AccountSid".to_owned(),
+            "AC00000000000000000000000000000000".to_owned(),
+        ),
         ("AnsweredBy".to_owned(), answered_by.to_owned()),
         ("CallSid".to_owned(), call_sid.to_owned()),
         ("MachineDetectionDuration".to_owned(), "1200".to_owned()),
@@ -73,7 +76,11 @@ async fn twilio_webhooks_need_a_valid_signature() {
     let over_sid = call_sid(&stack, &over).await;
 
     let base = stack.worker_url.clone();
-    let port_less = base.rsplit_once(':').expect("the URL has a port").0.to_owned();
+    let port_less = base
+        .rsplit_once(':')
+        .expect("the URL has a port")
+        .0
+        .to_owned();
     for (route, params) in [
         ("status", status_params(&ringing_sid, "completed", Some(30))),
         ("amd", amd_params(&ringing_sid, "machine_end_beep")),
@@ -88,12 +95,24 @@ async fn twilio_webhooks_need_a_valid_signature() {
         let wrong_urls = [
             format!("{base}/twilio/{route}/{over}"),
             format!("https://evil.example{path}"),
-            format!("{base}/twilio/{}/{ringing}", if route == "status" { "amd" } else { "status" }),
+            format!(
+                "{base}/twilio/{}/{ringing}",
+                if route == "status" { "amd" } else { "status" }
+            ),
         ];
         let mut forgeries = vec![
-            ("tampered", post_twilio(&stack, &path, &tampered, Some(sign(&url, &params))).await),
-            ("missing header", post_twilio(&stack, &path, &params, None).await),
-            ("empty header", post_twilio(&stack, &path, &params, Some(String::new())).await),
+            (
+                "tampered",
+                post_twilio(&stack, &path, &tampered, Some(sign(&url, &params))).await,
+            ),
+            (
+                "missing header",
+                post_twilio(&stack, &path, &params, None).await,
+            ),
+            (
+                "empty header",
+                post_twilio(&stack, &path, &params, Some(String::new())).await,
+            ),
             (
                 "other token",
                 post_twilio(
@@ -117,7 +136,10 @@ async fn twilio_webhooks_need_a_valid_signature() {
         }
         for (what, (status, body)) in forgeries {
             assert_eq!(status, 403, "{route}, {what}: {body}");
-            assert!(body.contains("invalid_signature"), "{route}, {what}: {body}");
+            assert!(
+                body.contains("invalid_signature"),
+                "{route}, {what}: {body}"
+            );
         }
     }
     // None of the forgeries changed the ringing call.
@@ -127,7 +149,10 @@ async fn twilio_webhooks_need_a_valid_signature() {
     let unfinished: bool = stack
         .db()
         .await
-        .query_one("SELECT finalized_at IS NULL FROM calls WHERE id = $1", &[&ringing])
+        .query_one(
+            "SELECT finalized_at IS NULL FROM calls WHERE id = $1",
+            &[&ringing],
+        )
         .await
         .expect("row")
         .get(0);
@@ -155,8 +180,12 @@ async fn twilio_webhooks_need_a_valid_signature() {
     .await;
     assert_eq!(status, 204, "{body}");
     // The voice webhook of a call that is over answers with TwiML that ends Twilio's leg.
-    let (status, twiml) =
-        post_signed(&stack, &format!("/twilio/voice/{over}"), &voice_params(&over_sid)).await;
+    let (status, twiml) = post_signed(
+        &stack,
+        &format!("/twilio/voice/{over}"),
+        &voice_params(&over_sid),
+    )
+    .await;
     assert_eq!(status, 200, "{twiml}");
     assert!(
         twiml.contains("<Hangup") && !twiml.contains("<Stream"),
@@ -203,10 +232,14 @@ async fn duplicate_late_and_reordered_callbacks_never_move_a_call_backwards() {
         let answered_late_ringing = sim.first().is_some_and(|call| {
             let callbacks: Vec<_> = call.webhooks_of("status_callback").collect();
             let first_in_progress = callbacks.iter().position(|w| {
-                w.params.iter().any(|(n, v)| n == "CallStatus" && v == "in-progress")
+                w.params
+                    .iter()
+                    .any(|(n, v)| n == "CallStatus" && v == "in-progress")
             });
             let last_ringing = callbacks.iter().rposition(|w| {
-                w.params.iter().any(|(n, v)| n == "CallStatus" && v == "ringing")
+                w.params
+                    .iter()
+                    .any(|(n, v)| n == "CallStatus" && v == "ringing")
             });
             matches!((first_in_progress, last_ringing), (Some(a), Some(r)) if r > a)
                 && callbacks[last_ringing.unwrap_or_default()].status.is_some()
@@ -228,7 +261,12 @@ async fn duplicate_late_and_reordered_callbacks_never_move_a_call_backwards() {
     );
 
     let call = wait_until_final(&stack, &token, &call_id, OUTCOME_TIMEOUT).await;
-    assert_eq!(call["status"], "completed", "{call}\n{}", stack.worker_log());
+    assert_eq!(
+        call["status"],
+        "completed",
+        "{call}\n{}",
+        stack.worker_log()
+    );
     let sim = sim_calls_to(&stack, number).remove(0);
     stack
         .sims
@@ -240,11 +278,24 @@ async fn duplicate_late_and_reordered_callbacks_never_move_a_call_backwards() {
     let statuses = sim.callback_statuses();
     assert_eq!(
         statuses,
-        ["queued", "queued", "in-progress", "in-progress", "ringing", "ringing", "completed", "completed"],
+        [
+            "queued",
+            "queued",
+            "in-progress",
+            "in-progress",
+            "ringing",
+            "ringing",
+            "completed",
+            "completed"
+        ],
         "the simulator's delivery order"
     );
     for webhook in sim.webhooks_of("status_callback") {
-        assert_eq!(webhook.status, Some(204), "every callback accepted: {webhook:?}");
+        assert_eq!(
+            webhook.status,
+            Some(204),
+            "every callback accepted: {webhook:?}"
+        );
     }
     let recorded = recorded_state(&stack, &call_id).await;
     assert_eq!(recorded["logs"], 1, "{recorded}");
@@ -291,5 +342,9 @@ async fn duplicate_late_and_reordered_callbacks_never_move_a_call_backwards() {
     let after = get_call(&stack, &token, &call_id).await;
     assert_eq!(after["status"], "completed");
     assert_eq!(after["answered_by"], call["answered_by"]);
-    assert_eq!(credits(stack.db().await, user_id).await, credits_before, "charged again");
+    assert_eq!(
+        credits(stack.db().await, user_id).await,
+        credits_before,
+        "charged again"
+    );
 }

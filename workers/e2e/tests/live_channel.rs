@@ -42,7 +42,11 @@ async fn connect(stack: &Stack, token: Option<&str>, query: &str) -> Result<Sock
     match tokio_tungstenite::connect_async(request).await {
         Ok((mut socket, _)) => {
             let ready = next_message(&mut socket, WAIT).await;
-            assert_eq!(ready, json!({"type": "ready"}), "the hub greets a new socket");
+            assert_eq!(
+                ready,
+                json!({"type": "ready"}),
+                "the hub greets a new socket"
+            );
             Ok(socket)
         }
         Err(tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
@@ -74,7 +78,8 @@ async fn next_message(socket: &mut Socket, timeout: Duration) -> Value {
 async fn next_of_type(socket: &mut Socket, kind: &str) -> Value {
     let deadline = Instant::now() + WAIT;
     loop {
-        let message = next_message(socket, deadline.saturating_duration_since(Instant::now())).await;
+        let message =
+            next_message(socket, deadline.saturating_duration_since(Instant::now())).await;
         if message["type"] == kind {
             return message;
         }
@@ -139,7 +144,9 @@ async fn the_live_channel_follows_calls_and_limits_and_closes_with_its_session()
         connect(&stack, Some("not-a-token"), "").await.err(),
         Some(401)
     );
-    let mut phone = connect(&stack, Some(&token), "").await.expect("bearer socket");
+    let mut phone = connect(&stack, Some(&token), "")
+        .await
+        .expect("bearer socket");
     let (status, ticket) = stack
         .json(Method::POST, "/api/live/ticket", Some(&token), None)
         .await;
@@ -164,7 +171,10 @@ async fn the_live_channel_follows_calls_and_limits_and_closes_with_its_session()
 
     // A call's statuses, in order, on every socket of the user.
     let number = "+14155550201";
-    stack.sims.twilio().set_scenario(number, short_conversation());
+    stack
+        .sims
+        .twilio()
+        .set_scenario(number, short_conversation());
     let call_id = place(&stack, &token, number).await;
     let expected = ["calling", "connected", "in_progress", "completed"];
     for (device, socket) in [
@@ -216,7 +226,10 @@ async fn the_live_channel_follows_calls_and_limits_and_closes_with_its_session()
     assert_eq!(refused.status, 429, "{}", refused.body);
     let pushed = next_of_type(&mut phone, "rate_limit_exceeded").await;
     assert_eq!(pushed["limit"], 2, "{pushed}");
-    assert!(pushed["retry_after_secs"].as_u64().is_some_and(|s| s > 0), "{pushed}");
+    assert!(
+        pushed["retry_after_secs"].as_u64().is_some_and(|s| s > 0),
+        "{pushed}"
+    );
     assert_eq!(pushed["remaining"], 0, "{pushed}");
     send(
         &mut browser,
@@ -244,5 +257,8 @@ async fn the_live_channel_follows_calls_and_limits_and_closes_with_its_session()
         "a logged-out token opens nothing"
     );
     send(&mut tablet, json!({"type": "ping"})).await;
-    assert_eq!(next_of_type(&mut tablet, "pong").await, json!({"type": "pong"}));
+    assert_eq!(
+        next_of_type(&mut tablet, "pong").await,
+        json!({"type": "pong"})
+    );
 }

@@ -231,7 +231,11 @@ pub(crate) fn twilio_auth_token() -> String {
 }
 
 /// The parameters of a status callback, as Twilio sends them.
-pub(crate) fn status_params(call_sid: &str, status: &str, duration: Option<u32>) -> Vec<(String, String)> {
+pub(crate) fn status_params(
+    call_sid: &str,
+    status: &str,
+    duration: Option<u32>,
+) -> Vec<(String, String)> {
     let mut params: Vec<(String, String)> = [
         ("AccountSid", SimConfig::default().twilio.account_sid),
         ("ApiVersion", "2010-04-01".to_owned()),
@@ -277,7 +281,11 @@ pub(crate) fn sign(url: &str, params: &[(String, String)]) -> String {
 }
 
 /// Posts a correctly signed Twilio form to `path`.
-pub(crate) async fn post_signed(stack: &Stack, path: &str, params: &[(String, String)]) -> (u16, String) {
+pub(crate) async fn post_signed(
+    stack: &Stack,
+    path: &str,
+    params: &[(String, String)],
+) -> (u16, String) {
     let signature = sign(&format!("{}{path}", stack.worker_url), params);
     post_twilio(stack, path, params, Some(signature)).await
 }
