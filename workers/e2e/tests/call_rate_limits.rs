@@ -67,6 +67,9 @@ async fn the_third_call_within_the_window_is_refused_even_after_a_restart_and_al
     place(&stack, &token, number).await;
     let after_one = rate_limit_status(&stack, &token, number).await;
     assert_eq!(after_one["remaining"], 1, "{after_one}");
+    // Two seconds between the two calls, so the end of the window below sees them leave one at a
+    // time (polled every 200 ms): a sliding window frees one slot, not both at once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     place(&stack, &token, number).await;
 
     // Ten requests at once for the last slot: exactly one gets it (another number, same user).
@@ -149,7 +152,7 @@ async fn the_third_call_within_the_window_is_refused_even_after_a_restart_and_al
             Instant::now() < deadline,
             "the window never passed: {status}"
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let answer = post_call(&stack, Some(&token), body, None).await;
     assert_eq!(answer.status, 202, "{}", answer.body);
