@@ -42,7 +42,7 @@ pub async fn run(env: &Env, scheduled_time_ms: f64) {
             return;
         }
     };
-    let now = now_utc();
+    let now = run_time(scheduled_time_ms);
     match gateway
         .call(&OpCall::of(&ops::SCHEDULES_CLAIM_DUE).param("limit", CLAIM_BATCH))
         .await
@@ -257,8 +257,20 @@ async fn housekeeping(gateway: &Gateway, run_id: &str) {
     }
 }
 
-fn now_utc() -> DateTime<Utc> {
-    DateTime::from_timestamp(crate::time::now_secs(), 0).unwrap_or_default()
+/// The instant a run stands for: the cron's scheduled time (the minute the trigger fired), or
+/// the clock when the event carries none. Next occurrences are computed from it, so a run is
+/// reproducible from its event alone (local runs and tests set it through
+/// `/cdn-cgi/handler/scheduled?time=`); which schedules are due is still the database's clock.
+fn run_time(scheduled_time_ms: f64) -> DateTime<Utc> {
+    let scheduled = scheduled_time_ms.is_finite().then(|| {
+        // Whole milliseconds well inside chrono's range: the cast cannot wrap.
+        DateTime::from_timestamp_millis(scheduled_time_ms as i64)
+    });
+    scheduled
+        .flatten()
+        .filter(|at| at.timestamp() > 0)
+        .or_else(|| DateTime::from_timestamp(crate::time::now_secs(), 0))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -285,6 +297,12 @@ mod tests {
         let one_off =
             json!({"recurrence_rule": null, "next_run_at": "2026-11-27T06:30:00.000000Z"});
         assert_eq!(next_run(one_off.as_object().unwrap(), now), None);
+    }
+
+    #[test]
+    fn a_run_stands_for_its_scheduled_minute() {
+        let at = run_time(1_806_148_800_000.0);
+        assert_eq!(at.to_rfc3339(), "2027-03-27T12:00:00+00:00");
     }
 
     #[test]

@@ -102,14 +102,17 @@ impl DurableObject for CallSession {
                 }
                 Response::ok("ok")
             }
-            (Method::Post, "/answered") => {
+            (Method::Post, "/answered") => match self.call().await? {
                 // Twilio fetched the TwiML: the callee picked up. Open STT and TTS now, so they
                 // are ready before the media stream starts.
-                if let Some(call) = self.call().await? {
+                Some(call) if !call.is_ended() => {
                     call.warm_up();
+                    Response::ok("ok")
                 }
-                Response::ok("ok")
-            }
+                // Unknown, over or already recorded: the voice webhook hangs Twilio's leg up
+                // instead of streaming into a call nobody is running.
+                _ => Response::error("no running call", 404),
+            },
             (Method::Post, "/status") => {
                 let status: StatusRequest = req.json().await?;
                 match self.call().await? {

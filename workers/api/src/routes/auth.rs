@@ -558,6 +558,15 @@ async fn logout(request: RouteRequest) -> Result<Response, ApiError> {
     let session = request.session()?;
     let ops = logout_ops(session, &request.ctx.client_ip);
     authed_batch(&request.ctx, session, ops).await?;
+    // The session's live sockets end with it (the token is already revoked if this fails).
+    if let Err(error) =
+        crate::live::revoke(&request.ctx.env, session.user_id(), &session.claims.jti).await
+    {
+        worker::console_warn!(
+            "request {}: live sockets not closed: {error}",
+            request.ctx.request_id
+        );
+    }
     Ok(Response::empty()?.with_status(204))
 }
 

@@ -138,7 +138,7 @@ async fn voice(request: &RouteRequest, call_id: &str) -> Result<Response, ApiErr
     } else {
         // The call is unknown or over: end Twilio's leg rather than leave someone on a dead line.
         worker::console_warn!(
-            "request {}: voice webhook for unknown call {call_id}",
+            "request {}: voice webhook for an unknown or ended call {call_id}",
             request.ctx.request_id
         );
         twiml::hang_up()
