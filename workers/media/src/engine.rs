@@ -721,6 +721,13 @@ impl Engine {
             }
             TtsEvent::ContextFinished { context } => {
                 if let Some(turn) = self.turn.as_mut().filter(|t| t.context == context) {
+                    if turn.flushed && turn.audio_received == 0 && !turn.text_sent.trim().is_empty()
+                    {
+                        // The provider says it is done but produced nothing: the caller heard
+                        // nothing, so this is a failure (retried), not a line that was said.
+                        self.tts_failed(now, "no_audio", out);
+                        return;
+                    }
                     turn.tts_finished = true;
                     turn.awaiting_audio_since = None;
                 }

@@ -701,6 +701,66 @@ fn tts_silence_is_a_failure_and_the_line_is_retried() {
 }
 
 #[test]
+fn a_context_finished_without_audio_is_a_failure_not_a_line_said() {
+    let mut call = Call::started(plan());
+    call.greeting_played();
+    let turn = llm_turn(&call.says("Hi there"));
+    call.llm(turn, LlmEvent::Delta("Hello again, my friend. ".to_owned()));
+    call.llm(turn, LlmEvent::Finished);
+    // The provider closes the context without a byte of audio.
+    let actions = call.tts_done("t2");
+    assert!(has(&actions, |a| matches!(
+        a,
+        Action::Failure {
+            provider: Provider::Tts,
+            kind: "no_audio"
+        }
+    )));
+    assert!(
+        has(
+            &actions,
+            |a| matches!(a, Action::TtsText { context, text } if context == "t2r" && text.starts_with("Hello again"))
+        ),
+        "the line is retried on a fresh context: {actions:?}"
+    );
+    assert!(
+        !call
+            .transcript()
+            .iter()
+            .any(|(role, text, _)| *role == Role::Assistant && text.starts_with("Hello again")),
+        "nothing was heard yet, so nothing is in the transcript"
+    );
+    call.aligned_audio("t2r", 1000, 24);
+    call.tts_done("t2r");
+    call.advance(1200);
+    assert!(
+        call.transcript()
+            .iter()
+            .any(|(role, text, _)| *role == Role::Assistant && text == "Hello again, my friend."),
+        "{:?}",
+        call.transcript()
+    );
+    // A second silent finish in a row ends the call: nothing can be said any more.
+    let turn = llm_turn(&call.says("And now?"));
+    call.llm(turn, LlmEvent::Delta("Still here. ".to_owned()));
+    call.llm(turn, LlmEvent::Finished);
+    call.tts_done(&format!("t{turn}"));
+    let actions = call.tts_done(&format!("t{turn}r"));
+    assert!(has(&actions, |a| matches!(a, Action::HangUp)), "{actions:?}");
+    call.send(Event::StreamStopped);
+    let outcome = call.engine.outcome().unwrap();
+    assert_eq!(outcome.end_reason, EndReason::ProviderFailed(Provider::Tts));
+    assert_eq!(
+        outcome
+            .failures
+            .iter()
+            .filter(|f| f.provider == Provider::Tts)
+            .count(),
+        3
+    );
+}
+
+#[test]
 fn voicemail_gets_the_message_after_the_beep_then_a_hang_up() {
     let mut call = Call::started(plan());
     call.audio("t1", 300);
