@@ -13,9 +13,14 @@ use super::{DEFAULT_STATEMENT_TIMEOUT_MS, Expect, Mode, OpDef};
 pub static OPS: &[OpDef] = &[
     OpDef {
         spec: &spec::SESSION_CHECK,
+        // Any blacklist row revokes, whatever its `expires_at`: the row is the revocation, and
+        // only the purge (`maintenance.purge_blacklist`, an hour past `expires_at`, which the
+        // Worker sets to the token's `exp` plus the verifier's leeway) removes it. Comparing
+        // with `now()` here would end a revocation early by any skew between this clock and the
+        // verifier's.
         sql: "SELECT u.id, u.email, u.role FROM users u \
               WHERE u.id = $1 AND u.is_active \
-                AND NOT EXISTS (SELECT 1 FROM token_blacklist t WHERE t.token_id = $2 AND t.expires_at > now())",
+                AND NOT EXISTS (SELECT 1 FROM token_blacklist t WHERE t.token_id = $2)",
         mode: Mode::Read,
         expect: Expect::One {
             message: "session is no longer valid",

@@ -19,6 +19,12 @@
 //!   returns zero rows and changes nothing. Two truly concurrent deliveries are caught by the
 //!   unique index `idx_credit_transactions_purchase_once` (`conflict`), which rolls the loser
 //!   back whole.
+//! - **Subscriptions follow their own history, not arrival order.** `stripe_subscriptions` keeps
+//!   each subscription's latest known state (the newest paid period, or when it ended) and
+//!   `subscription_refills` the periods already credited; `subscriptions.refill` and
+//!   `subscriptions.end` compare against them in the same statement that changes anything, so a
+//!   late `invoice.paid` cannot resurrect a canceled subscription, an older invoice cannot undo a
+//!   newer one, and a period is refilled once.
 //! - **Webhook events are processed once.** `webhooks.record_event` inserts `(provider,
 //!   event_id)` and expects a row; run it first in the same batch as the event's effect, and a
 //!   replay fails the batch with `precondition_failed` before anything else runs.
@@ -195,27 +201,72 @@ pub static OPS: &[OpDef] = &[
         // The user is found by, in order: the explicit id from the subscription's metadata, the
         // Stripe customer, or the subscription already on file. A user found by metadata gets the
         // customer id linked, so later events that carry only the customer find them too.
-        // Monthly credits are added (credits never expire); tiers without monthly credits pass 0
-        // and get no ledger row (the ledger refuses zero amounts).
+        //
+        // Two effects, each decided against the subscription's own history so that arrival order
+        // does not matter (migration 008):
+        // - `sub`: the subscription's state moves to this invoice only if it is newer: for an
+        //   active subscription a later (period_start, event time); for an ended one a period that
+        //   starts at or after its end (a canceled subscription is final for Stripe, so a late
+        //   invoice of an earlier period never brings it back). ON CONFLICT … WHERE false returns
+        //   no row: "state unchanged". The row lock serialises concurrent events.
+        // - `refill`: one row per (subscription, period_start), ON CONFLICT DO NOTHING: the
+        //   period's credits are added at most once, whatever arrives first.
+        // user_credits then takes the tier, status and limits if `sub` moved (`activated`, an
+        // upsert) and the credits if `refill` inserted (with the upsert, or `refilled_only`). A
+        // period is recorded as refilled only where there is a balance to credit. Credits never
+        // expire; tiers without monthly credits pass 0 and get no ledger row (the ledger refuses
+        // zero amounts).
         sql: "WITH target AS ( \
                   SELECT u.id FROM users u \
                   WHERE u.id = COALESCE( \
                       $1::text, \
                       (SELECT id FROM users WHERE stripe_customer_id = $2::text), \
+                      (SELECT user_id FROM stripe_subscriptions WHERE subscription_id = $3::text), \
                       (SELECT user_id FROM user_credits WHERE subscription_stripe_id = $3::text)) \
               ), linked AS ( \
                   UPDATE users SET stripe_customer_id = $2::text \
                   WHERE id = (SELECT id FROM target) AND stripe_customer_id IS NULL \
                     AND $2::text IS NOT NULL \
                   RETURNING id \
-              ), refilled AS ( \
+              ), sub AS ( \
+                  INSERT INTO stripe_subscriptions AS s \
+                      (subscription_id, user_id, status, period_start, period_end, ended_at, \
+                       state_event_at) \
+                  SELECT $3::text, id, 'active', $8::timestamptz, $9::timestamptz, NULL, \
+                         $12::timestamptz \
+                  FROM target \
+                  ON CONFLICT (subscription_id) DO UPDATE SET \
+                      user_id = EXCLUDED.user_id, status = 'active', \
+                      period_start = EXCLUDED.period_start, period_end = EXCLUDED.period_end, \
+                      ended_at = NULL, state_event_at = EXCLUDED.state_event_at \
+                  WHERE (s.status = 'active' \
+                         AND (EXCLUDED.period_start, EXCLUDED.state_event_at) \
+                             > (COALESCE(s.period_start, '-infinity'), s.state_event_at)) \
+                     OR (s.status = 'canceled' AND EXCLUDED.period_start >= s.ended_at) \
+                  RETURNING s.user_id \
+              ), refill AS ( \
+                  INSERT INTO subscription_refills \
+                      (subscription_id, period_start, period_end, user_id, transaction_id) \
+                  SELECT $3::text, $8::timestamptz, $9::timestamptz, t.id, \
+                         CASE WHEN $5::int4 > 0 THEN $10::text END \
+                  FROM target t \
+                  WHERE EXISTS (SELECT 1 FROM user_credits c WHERE c.user_id = t.id) \
+                     OR EXISTS (SELECT 1 FROM sub) \
+                  ON CONFLICT (subscription_id, period_start) DO NOTHING \
+                  RETURNING user_id \
+              ), flags AS ( \
+                  SELECT t.id, EXISTS (SELECT 1 FROM refill) AS refilled, \
+                         EXISTS (SELECT 1 FROM sub) AS activated \
+                  FROM target t \
+              ), activated AS ( \
                   INSERT INTO user_credits AS uc \
                       (user_id, available_credits, subscription_tier, subscription_status, \
                        subscription_stripe_id, subscription_start_date, subscription_end_date, \
                        monthly_credit_allowance, max_calls_per_day, max_call_duration_seconds) \
-                  SELECT id, $5::int4, $4::text, 'active', $3::text, $8::timestamptz, \
-                         $9::timestamptz, $5::int4, $6::int4, $7::int4 \
-                  FROM target \
+                  SELECT id, CASE WHEN refilled THEN $5::int4 ELSE 0 END, $4::text, 'active', \
+                         $3::text, $8::timestamptz, $9::timestamptz, $5::int4, $6::int4, \
+                         $7::int4 \
+                  FROM flags WHERE activated \
                   ON CONFLICT (user_id) DO UPDATE SET \
                       available_credits = uc.available_credits + EXCLUDED.available_credits, \
                       subscription_tier = EXCLUDED.subscription_tier, \
@@ -226,19 +277,29 @@ pub static OPS: &[OpDef] = &[
                       monthly_credit_allowance = EXCLUDED.monthly_credit_allowance, \
                       max_calls_per_day = EXCLUDED.max_calls_per_day, \
                       max_call_duration_seconds = EXCLUDED.max_call_duration_seconds \
-                  RETURNING uc.user_id, uc.available_credits, uc.subscription_tier, \
-                            uc.subscription_status \
+                  RETURNING uc.user_id, uc.available_credits \
+              ), refilled_only AS ( \
+                  UPDATE user_credits uc SET available_credits = uc.available_credits + $5::int4 \
+                  FROM flags f \
+                  WHERE uc.user_id = f.id AND f.refilled AND NOT f.activated \
+                  RETURNING uc.user_id, uc.available_credits \
+              ), credited AS ( \
+                  SELECT user_id, available_credits FROM activated \
+                  UNION ALL SELECT user_id, available_credits FROM refilled_only \
               ), ledger AS ( \
                   INSERT INTO credit_transactions \
                       (id, user_id, amount, type, description, balance_before, balance_after) \
                   SELECT $10::text, user_id, $5::int4, 'subscription_refill', $11::text, \
                          available_credits - $5::int4, available_credits \
-                  FROM refilled WHERE $5::int4 > 0 \
+                  FROM credited WHERE $5::int4 > 0 AND EXISTS (SELECT 1 FROM refill) \
                   RETURNING id \
               ) \
-              SELECT r.user_id, r.available_credits, r.subscription_tier, r.subscription_status, \
-                     (SELECT id FROM ledger) AS transaction_id \
-              FROM refilled r",
+              SELECT f.id AS user_id, f.refilled, f.activated, \
+                     (SELECT id FROM ledger) AS transaction_id, \
+                     COALESCE((SELECT available_credits FROM credited), \
+                              (SELECT available_credits FROM user_credits WHERE user_id = f.id)) \
+                         AS available_credits \
+              FROM flags f",
         mode: Mode::Write,
         expect: Expect::One {
             message: "no user for this subscription",
@@ -247,24 +308,44 @@ pub static OPS: &[OpDef] = &[
     },
     OpDef {
         spec: &spec::SUBSCRIPTIONS_END,
-        // Only the subscription on file (or a user with none on file) is ended: a late deletion
-        // of an old subscription must not downgrade a user who has since subscribed again.
-        // Credits stay; they never expire.
-        sql: "UPDATE user_credits uc SET \
-                  subscription_tier = $4::text, \
-                  subscription_status = 'canceled', \
-                  monthly_credit_allowance = $5::int4, \
-                  max_calls_per_day = $6::int4, \
-                  max_call_duration_seconds = $7::int4, \
-                  subscription_end_date = GREATEST(COALESCE($8::timestamptz, now()), \
-                                                   uc.subscription_start_date) \
-              WHERE uc.user_id = COALESCE( \
+        // The subscription's state moves to "ended" only if the deletion is not older than what
+        // is known: an active subscription whose newest paid period starts after `ended_at` was
+        // re-activated since, and an ended one stays as it is (ON CONFLICT … WHERE false: no
+        // row). The user goes back to the free tier only when this is the subscription on file
+        // (or none is): a late deletion of an old subscription must not downgrade a user who has
+        // since subscribed again. Credits stay; they never expire.
+        sql: "WITH target AS ( \
+                  SELECT u.id FROM users u \
+                  WHERE u.id = COALESCE( \
+                      (SELECT user_id FROM stripe_subscriptions WHERE subscription_id = $1::text), \
                       (SELECT user_id FROM user_credits WHERE subscription_stripe_id = $1::text), \
                       $2::text, \
                       (SELECT id FROM users WHERE stripe_customer_id = $3::text)) \
-                AND (uc.subscription_stripe_id IS NULL OR uc.subscription_stripe_id = $1::text) \
-              RETURNING uc.user_id, uc.available_credits, uc.subscription_tier, \
-                        uc.subscription_status",
+              ), sub AS ( \
+                  INSERT INTO stripe_subscriptions AS s \
+                      (subscription_id, user_id, status, ended_at, state_event_at) \
+                  SELECT $1::text, id, 'canceled', $8::timestamptz, $9::timestamptz FROM target \
+                  ON CONFLICT (subscription_id) DO UPDATE SET \
+                      status = 'canceled', ended_at = EXCLUDED.ended_at, \
+                      state_event_at = EXCLUDED.state_event_at \
+                  WHERE s.status = 'active' \
+                    AND EXCLUDED.ended_at >= COALESCE(s.period_start, '-infinity') \
+                  RETURNING s.user_id \
+              ), ended AS ( \
+                  UPDATE user_credits uc SET \
+                      subscription_tier = $4::text, \
+                      subscription_status = 'canceled', \
+                      monthly_credit_allowance = $5::int4, \
+                      max_calls_per_day = $6::int4, \
+                      max_call_duration_seconds = $7::int4, \
+                      subscription_end_date = GREATEST($8::timestamptz, uc.subscription_start_date) \
+                  FROM sub \
+                  WHERE uc.user_id = sub.user_id \
+                    AND (uc.subscription_stripe_id IS NULL \
+                         OR uc.subscription_stripe_id = $1::text) \
+                  RETURNING uc.user_id \
+              ) \
+              SELECT t.id AS user_id, EXISTS (SELECT 1 FROM ended) AS ended FROM target t",
         mode: Mode::Write,
         expect: Expect::One {
             message: "no matching subscription",

@@ -447,7 +447,7 @@ async fn get_user_answers_the_profile_with_its_credit_summary() {
 }
 
 #[tokio::test]
-async fn a_revoked_token_fails_the_session_check_until_it_expires() {
+async fn a_revoked_token_fails_the_session_check_until_the_purge() {
     let app = spawn_app().await;
     let id = register(&app, "ada@example.com", PASSWORD).await;
     let session_check = |jti: &str| {
@@ -497,7 +497,7 @@ async fn a_revoked_token_fails_the_session_check_until_it_expires() {
         .get(0);
     assert_eq!(stored.timestamp(), expires_at);
 
-    // Revoking again changes nothing; an already expired revocation no longer matters.
+    // Revoking again changes nothing.
     let again = ok(app
         .call(&call(
             accounts::REVOKE_TOKEN.name,
@@ -506,6 +506,8 @@ async fn a_revoked_token_fails_the_session_check_until_it_expires() {
         .await)
     .await;
     assert_eq!(again.row_count, 0);
+    // A revocation whose time has passed still revokes until the purge removes it (it used to
+    // stop matching at its `expires_at`, while the verifier accepts a token 30 s past `exp`).
     ok(app
         .call(&call(
             accounts::REVOKE_TOKEN.name,
@@ -513,7 +515,24 @@ async fn a_revoked_token_fails_the_session_check_until_it_expires() {
         ))
         .await)
     .await;
+    refused(
+        app.call(&session_check("jti_old")).await,
+        StatusCode::CONFLICT,
+        codes::PRECONDITION_FAILED,
+    )
+    .await;
+    // The purge (an hour past `expires_at`) removes the old row only.
+    ok(app
+        .call(&call("maintenance.purge_blacklist", json!({})))
+        .await)
+    .await;
     ok(app.call(&session_check("jti_old")).await).await;
+    refused(
+        app.call(&session_check("jti_live")).await,
+        StatusCode::CONFLICT,
+        codes::PRECONDITION_FAILED,
+    )
+    .await;
     assert_eq!(audit_rows(&app).await.last().unwrap().0, "logout");
 }
 

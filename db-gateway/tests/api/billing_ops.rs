@@ -576,6 +576,7 @@ fn refill(tier: &str, monthly: i64, calls_per_day: Option<i64>, max_seconds: i64
         .param("max_call_seconds", max_seconds)
         .param("period_start", "2026-11-01T00:00:00Z")
         .param("period_end", "2026-12-01T00:00:00Z")
+        .param("event_created", "2026-11-01T00:00:05Z")
         .param("transaction_id", txn_id())
         .param("description", format!("{tier} subscription refill"));
     match calls_per_day {
@@ -657,8 +658,16 @@ async fn subscription_refill_finds_the_user_sets_the_tier_and_adds_credits() {
     assert_eq!(linked.as_deref(), Some("cus_1"));
 
     // Next cycle: only the customer id is known; an upgrade to premium lifts the daily limit.
+    // (Each period is refilled once, so the next cycles carry their own periods.)
     ok(app
-        .call(&refill("premium", 500, None, 1800).param("stripe_customer_id", "cus_1"))
+        .call(
+            &in_period(
+                refill("premium", 500, None, 1800),
+                "2026-12-01",
+                "2027-01-01",
+            )
+            .param("stripe_customer_id", "cus_1"),
+        )
         .await)
     .await;
     assert_eq!(
@@ -675,7 +684,14 @@ async fn subscription_refill_finds_the_user_sets_the_tier_and_adds_credits() {
 
     // Unlimited has no monthly credits: tier changes, no ledger row.
     let before = ledger_count(&app, &user).await;
-    let result = ok(app.call(&refill("unlimited", 0, None, 3600)).await).await;
+    let result = ok(app
+        .call(&in_period(
+            refill("unlimited", 0, None, 3600),
+            "2027-01-01",
+            "2027-02-01",
+        ))
+        .await)
+    .await;
     assert_eq!(
         row(&result)["transaction_id"],
         Value::Null,
@@ -700,12 +716,27 @@ async fn subscription_refill_finds_the_user_sets_the_tier_and_adds_credits() {
     .message;
     assert_eq!(message, "no user for this subscription");
     refused(
-        app.call(&refill("gold", 100, Some(10), 600).param("user_id", user.as_str()))
-            .await,
+        app.call(
+            &in_period(
+                refill("gold", 100, Some(10), 600),
+                "2027-02-01",
+                "2027-03-01",
+            )
+            .param("user_id", user.as_str()),
+        )
+        .await,
         StatusCode::UNPROCESSABLE_ENTITY,
         codes::CONSTRAINT_VIOLATION,
     )
     .await;
+}
+
+/// The same refill for another billing period (dates `YYYY-MM-DD`, midnight UTC); the event is
+/// created five seconds into it.
+fn in_period(call: OpCall, start: &str, end: &str) -> OpCall {
+    call.param("period_start", format!("{start}T00:00:00Z"))
+        .param("period_end", format!("{end}T00:00:00Z"))
+        .param("event_created", format!("{start}T00:00:05Z"))
 }
 
 fn end(subscription_id: &str) -> OpCall {
@@ -715,6 +746,8 @@ fn end(subscription_id: &str) -> OpCall {
         .param("monthly_credits", 0)
         .param("max_calls_per_day", 3)
         .param("max_call_seconds", 300)
+        .param("ended_at", "2026-11-20T00:00:00Z")
+        .param("event_created", "2026-11-20T00:00:01Z")
 }
 
 #[tokio::test]
@@ -726,18 +759,18 @@ async fn subscription_end_returns_the_user_to_free_but_not_for_a_stale_subscript
         .await)
     .await;
 
-    // A deletion of some older subscription does not touch the current one.
-    refused(
-        app.call(&end("sub_old").param("user_id", user.as_str()))
-            .await,
-        StatusCode::CONFLICT,
-        codes::PRECONDITION_FAILED,
-    )
+    // A deletion of some older subscription does not touch the current one (it used to be
+    // refused; now the old subscription is recorded as ended and the user's is left alone).
+    let stale = ok(app
+        .call(&end("sub_old").param("user_id", user.as_str()))
+        .await)
     .await;
+    assert_eq!(row(&stale)["ended"], json!(false));
     assert_eq!(credits_row(&app, &user).await.0, "premium");
 
     let result = ok(app.call(&end("sub_1")).await).await;
     assert_eq!(row(&result)["user_id"], json!(user));
+    assert_eq!(row(&result)["ended"], json!(true));
     assert_eq!(
         credits_row(&app, &user).await,
         (
@@ -750,6 +783,181 @@ async fn subscription_end_returns_the_user_to_free_but_not_for_a_stale_subscript
         ),
         "back to free limits; bought credits stay"
     );
+}
+
+async fn subscription_state(app: &TestApp, subscription_id: &str) -> (String, Option<String>) {
+    let row = app
+        .database
+        .client()
+        .await
+        .query_one(
+            "SELECT status, to_char(period_start AT TIME ZONE 'UTC', 'YYYY-MM-DD') \
+             FROM stripe_subscriptions WHERE subscription_id = $1",
+            &[&subscription_id],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+fn flags(result: &OpResult) -> (Value, Value) {
+    let fields = row(result);
+    (fields["refilled"].clone(), fields["activated"].clone())
+}
+
+#[tokio::test]
+async fn subscription_events_follow_the_subscriptions_history_not_arrival_order() {
+    let app = spawn_app().await;
+    let user = create_user(&app).await;
+    let november = || {
+        in_period(
+            refill("basic", 100, Some(10), 600),
+            "2026-11-01",
+            "2026-12-01",
+        )
+        .param("user_id", user.as_str())
+    };
+    assert_eq!(
+        flags(&ok(app.call(&november()).await).await),
+        (json!(true), json!(true))
+    );
+    assert_eq!(balance(&app, &user).await, Some(100));
+
+    // Deleted on 20 November.
+    ok(app.call(&end("sub_1")).await).await;
+    assert_eq!(credits_row(&app, &user).await.0, "free");
+
+    // The November invoice again, as a new event (a late retry): it used to set the tier back to
+    // basic and add another 100 credits. The period was refilled already and the subscription
+    // has ended since: nothing changes.
+    assert_eq!(
+        flags(&ok(app.call(&november()).await).await),
+        (json!(false), json!(false))
+    );
+    assert_eq!(
+        credits_row(&app, &user).await,
+        (
+            "free".to_owned(),
+            Some("canceled".to_owned()),
+            0,
+            Some(3),
+            300,
+            100
+        )
+    );
+    assert_eq!(ledger_count(&app, &user).await, 1);
+
+    // October's invoice, paid but delivered only now: its credits were paid for, so the period is
+    // refilled (once), but a period before the end does not bring the subscription back.
+    let october = || {
+        in_period(
+            refill("basic", 100, Some(10), 600),
+            "2026-10-01",
+            "2026-11-01",
+        )
+        .param("user_id", user.as_str())
+    };
+    assert_eq!(
+        flags(&ok(app.call(&october()).await).await),
+        (json!(true), json!(false))
+    );
+    assert_eq!(
+        flags(&ok(app.call(&october()).await).await),
+        (json!(false), json!(false))
+    );
+    assert_eq!(credits_row(&app, &user).await.0, "free");
+    assert_eq!(balance(&app, &user).await, Some(200));
+    assert_eq!(
+        subscription_state(&app, "sub_1").await.0,
+        "canceled".to_owned()
+    );
+
+    // A period that starts after the end can only come from a re-activation: it applies.
+    let december = in_period(
+        refill("premium", 500, None, 1800),
+        "2026-12-01",
+        "2027-01-01",
+    )
+    .param("user_id", user.as_str());
+    assert_eq!(
+        flags(&ok(app.call(&december).await).await),
+        (json!(true), json!(true))
+    );
+    assert_eq!(credits_row(&app, &user).await.0, "premium");
+    assert_eq!(
+        subscription_state(&app, "sub_1").await,
+        ("active".to_owned(), Some("2026-12-01".to_owned()))
+    );
+
+    // A deletion older than the newest paid period (20 November < 1 December) is stale.
+    let stale_end = ok(app.call(&end("sub_1")).await).await;
+    assert_eq!(row(&stale_end)["ended"], json!(false));
+    assert_eq!(credits_row(&app, &user).await.0, "premium");
+
+    // An older invoice after a newer one refills its own period but keeps the newer tier.
+    let september = in_period(
+        refill("basic", 100, Some(10), 600),
+        "2026-09-01",
+        "2026-10-01",
+    )
+    .param("user_id", user.as_str());
+    assert_eq!(
+        flags(&ok(app.call(&september).await).await),
+        (json!(true), json!(false))
+    );
+    assert_eq!(credits_row(&app, &user).await.0, "premium");
+    assert_eq!(balance(&app, &user).await, Some(800));
+
+    // A deletion after the newest period ends it; so does nothing a second time.
+    let final_end = end("sub_1")
+        .param("ended_at", "2027-01-01T00:00:00Z")
+        .param("event_created", "2027-01-01T00:00:01Z");
+    assert_eq!(
+        row(&ok(app.call(&final_end).await).await)["ended"],
+        json!(true)
+    );
+    assert_eq!(
+        row(&ok(app.call(&final_end).await).await)["ended"],
+        json!(false)
+    );
+    assert_eq!(credits_row(&app, &user).await.0, "free");
+    assert_eq!(
+        balance(&app, &user).await,
+        Some(800),
+        "credits never expire"
+    );
+}
+
+#[tokio::test]
+async fn ten_concurrent_deliveries_of_one_period_refill_it_once() {
+    let app = spawn_app().await;
+    let user = create_user(&app).await;
+    set_balance(&app, &user, 0).await;
+    let deliveries = (0..10).map(|index| {
+        // Ten events about one invoice period, created a second apart.
+        let call = in_period(
+            refill("basic", 100, Some(10), 600),
+            "2026-11-01",
+            "2026-12-01",
+        )
+        .param("user_id", user.as_str())
+        .param(
+            "event_created",
+            format!("2026-11-01T00:00:{:02}Z", 10 + index),
+        );
+        let app = &app;
+        async move { app.call(&call).await }
+    });
+    let mut refilled = 0;
+    for response in join_all(deliveries).await {
+        if ok(response).await.first().unwrap()["refilled"] == json!(true) {
+            refilled += 1;
+        }
+    }
+    assert_eq!(refilled, 1);
+    assert_eq!(balance(&app, &user).await, Some(100));
+    assert_eq!(ledger_count(&app, &user).await, 1);
+    assert_eq!(credits_row(&app, &user).await.0, "basic");
 }
 
 #[tokio::test]

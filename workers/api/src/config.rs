@@ -192,10 +192,13 @@ impl FromBindings for Keyring {
     }
 }
 
-/// `STRIPE_WEBHOOK_SECRETS`: the endpoint's signing secret(s), comma-separated during rotation.
+/// `STRIPE_WEBHOOK_SECRETS`: the endpoint's signing secret(s), comma-separated during rotation;
+/// `STRIPE_LIVEMODE`: whether this deployment takes live-mode events (`true`) or test-mode ones
+/// (`false`, the default); events of the other mode are ignored.
 #[derive(Clone)]
 pub struct StripeConfig {
     webhook_secrets: Vec<Vec<u8>>,
+    pub livemode: bool,
 }
 
 impl StripeConfig {
@@ -210,6 +213,7 @@ impl fmt::Debug for StripeConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StripeConfig")
             .field("webhook_secrets", &self.webhook_secrets.len())
+            .field("livemode", &self.livemode)
             .finish()
     }
 }
@@ -228,7 +232,20 @@ impl FromBindings for StripeConfig {
                 "lists no secret",
             ));
         }
-        Ok(Self { webhook_secrets })
+        let livemode = match bindings.var("STRIPE_LIVEMODE").as_deref().map(str::trim) {
+            None | Some("" | "false") => false,
+            Some("true") => true,
+            Some(_) => {
+                return Err(ConfigError::invalid(
+                    "STRIPE_LIVEMODE",
+                    "must be true or false",
+                ));
+            }
+        };
+        Ok(Self {
+            webhook_secrets,
+            livemode,
+        })
     }
 }
 
@@ -241,33 +258,36 @@ const MAX_WINDOW_SECS: u64 = 24 * 3600;
 /// minutes to see a lock lift). An override outside 1 s..=24 h, or not a number, is ignored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoginLimits {
+    /// Per client network, for devices the account does not trust.
     pub per_ip: RateLimitPolicy,
+    /// Per account, shared by every device it does not trust.
     pub per_account: RateLimitPolicy,
+    /// Per (account, trusted device).
+    pub per_device: RateLimitPolicy,
 }
 
 impl LoginLimits {
     fn from_bindings(bindings: &impl Bindings) -> Self {
-        let (per_ip, per_account) =
-            login_policies(bindings.var("LOGIN_FAILURE_WINDOW_SECS").as_deref());
-        Self {
-            per_ip,
-            per_account,
-        }
+        login_policies(bindings.var("LOGIN_FAILURE_WINDOW_SECS").as_deref())
     }
 }
 
-/// The two login policies, with the window from `LOGIN_FAILURE_WINDOW_SECS` when it is set.
-fn login_policies(window_override: Option<&str>) -> (RateLimitPolicy, RateLimitPolicy) {
-    let mut per_ip = RateLimitPolicy::LOGIN_FAILURES_PER_IP;
-    let mut per_account = RateLimitPolicy::LOGIN_FAILURES_PER_ACCOUNT;
+/// The login policies, with the window from `LOGIN_FAILURE_WINDOW_SECS` when it is set.
+fn login_policies(window_override: Option<&str>) -> LoginLimits {
+    let mut limits = LoginLimits {
+        per_ip: RateLimitPolicy::LOGIN_FAILURES_PER_IP,
+        per_account: RateLimitPolicy::LOGIN_FAILURES_PER_ACCOUNT,
+        per_device: RateLimitPolicy::LOGIN_FAILURES_PER_DEVICE,
+    };
     if let Some(window) = window_override
         .and_then(|text| text.trim().parse::<u64>().ok())
         .filter(|secs| (MIN_WINDOW_SECS..=MAX_WINDOW_SECS).contains(secs))
     {
-        per_ip.window_secs = window;
-        per_account.window_secs = window;
+        limits.per_ip.window_secs = window;
+        limits.per_account.window_secs = window;
+        limits.per_device.window_secs = window;
     }
-    (per_ip, per_account)
+    limits
 }
 
 /// Twilio and the rules for placing calls.
@@ -650,6 +670,20 @@ mod tests {
         let stripe = config.stripe.get().expect("two secrets");
         assert_eq!(stripe.webhook_secrets(), [&b"whsec_a"[..], b"whsec_b"]);
         assert!(!format!("{stripe:?}").contains("whsec"));
+        assert!(!stripe.livemode, "test mode unless told otherwise");
+        let live = bindings(&[
+            ("STRIPE_WEBHOOK_SECRETS", "whsec_a"),
+            ("STRIPE_LIVEMODE", "true"),
+        ]);
+        assert!(StripeConfig::from_bindings(&live).unwrap().livemode);
+        let unclear = bindings(&[
+            ("STRIPE_WEBHOOK_SECRETS", "whsec_a"),
+            ("STRIPE_LIVEMODE", "yes"),
+        ]);
+        assert_eq!(
+            StripeConfig::from_bindings(&unclear).unwrap_err().binding(),
+            "STRIPE_LIVEMODE"
+        );
         assert_eq!(config.login.per_account.window_secs, 12);
 
         let empty = bindings(&[("STRIPE_WEBHOOK_SECRETS", " , ")]);
@@ -702,11 +736,25 @@ mod tests {
     #[test]
     fn the_window_override_is_bounded() {
         let default = login_policies(None);
-        assert_eq!(default.0, RateLimitPolicy::LOGIN_FAILURES_PER_IP);
-        assert_eq!(default.1, RateLimitPolicy::LOGIN_FAILURES_PER_ACCOUNT);
+        assert_eq!(default.per_ip, RateLimitPolicy::LOGIN_FAILURES_PER_IP);
+        assert_eq!(
+            default.per_account,
+            RateLimitPolicy::LOGIN_FAILURES_PER_ACCOUNT
+        );
+        assert_eq!(
+            default.per_device,
+            RateLimitPolicy::LOGIN_FAILURES_PER_DEVICE
+        );
         let short = login_policies(Some("3"));
-        assert_eq!((short.0.window_secs, short.1.window_secs), (3, 3));
-        assert_eq!(short.0.max_events, 10);
+        assert_eq!(
+            (
+                short.per_ip.window_secs,
+                short.per_account.window_secs,
+                short.per_device.window_secs
+            ),
+            (3, 3, 3)
+        );
+        assert_eq!(short.per_ip.max_events, 10);
         for bad in ["0", "-1", "abc", "86401"] {
             assert_eq!(login_policies(Some(bad)), default, "{bad}");
         }

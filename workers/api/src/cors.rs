@@ -7,7 +7,8 @@
 use worker::Response;
 
 const ALLOWED_METHODS: &str = "GET, POST, PUT, DELETE, OPTIONS";
-const ALLOWED_HEADERS: &str = "authorization, content-type, x-request-id";
+/// `x-device-token` carries the device token to `POST /api/auth/login` (see `routes/auth.rs`).
+const ALLOWED_HEADERS: &str = "authorization, content-type, x-device-token, x-request-id";
 const MAX_AGE_SECS: &str = "600";
 
 #[derive(Debug, Default)]

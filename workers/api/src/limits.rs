@@ -15,7 +15,7 @@
 
 use std::fmt;
 
-use callmeback_domain::{Decision, RateLimitPolicy, Take};
+use callmeback_domain::{Decision, RateLimitPolicy, Take, client_network};
 use serde::de::DeserializeOwned;
 use sha2::{Digest as _, Sha256};
 use worker::{Env, Method, ObjectNamespace, Request, RequestInit};
@@ -30,23 +30,32 @@ const BINDING: &str = "RATE_LIMITER";
 pub struct LimitKey(String);
 
 impl LimitKey {
-    /// Failed logins from one client address.
+    /// Failed logins from one client network (IPv4 address or IPv6 /64, see
+    /// `callmeback_domain::network`).
     pub fn login_ip(ip: &str) -> Self {
-        Self(format!("login-ip:{ip}"))
+        Self(format!("login-ip:{}", client_network(ip)))
     }
 
-    /// Failed logins of one account: a hash of its normalised email, never the address, so no
-    /// address becomes an object name.
-    pub fn login_account(normalised_email: &str) -> Self {
-        Self(format!(
-            "login-account:{}",
-            hex::encode(Sha256::digest(normalised_email.as_bytes()))
-        ))
+    /// Failed logins of one account from devices it does not trust, named by its
+    /// `callmeback_auth::account_ref` (a SHA-256 of the normalised email), never the address, so
+    /// no address becomes an object name.
+    pub fn login_account(account_ref: &str) -> Self {
+        Self(format!("login-account:{account_ref}"))
     }
 
-    /// Registration attempts from one client address.
+    /// Failed logins of one account from one device it trusts (a valid device token): a hash of
+    /// the account reference and the device id.
+    pub fn login_device(account_ref: &str, device_id: &str) -> Self {
+        let mut digest = Sha256::new();
+        digest.update(account_ref.as_bytes());
+        digest.update(b"|");
+        digest.update(device_id.as_bytes());
+        Self(format!("login-device:{}", hex::encode(digest.finalize())))
+    }
+
+    /// Registration attempts from one client network (IPv4 address or IPv6 /64).
     pub fn register_ip(ip: &str) -> Self {
-        Self(format!("register-ip:{ip}"))
+        Self(format!("register-ip:{}", client_network(ip)))
     }
 
     /// Calls to one phone number, by the number's keyed hash
@@ -60,9 +69,9 @@ impl LimitKey {
         Self(format!("calls-user:{user_id}"))
     }
 
-    /// Call requests from one client address.
+    /// Call requests from one client network (IPv4 address or IPv6 /64).
     pub fn call_requests_ip(ip: &str) -> Self {
-        Self(format!("calls-ip:{ip}"))
+        Self(format!("calls-ip:{}", client_network(ip)))
     }
 
     pub fn as_str(&self) -> &str {
@@ -188,18 +197,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn account_keys_hash_the_email() {
-        let key = LimitKey::login_account("ada@example.com");
+    fn account_and_device_keys_hash_the_email() {
+        let ada = callmeback_auth::account_ref("ada@example.com");
+        let bob = callmeback_auth::account_ref("bob@example.com");
+        let key = LimitKey::login_account(&ada);
         let key = key.as_str();
         assert!(key.starts_with("login-account:"));
         assert!(!key.contains("ada"));
         assert_eq!(key.len(), "login-account:".len() + 64);
-        assert_eq!(key, LimitKey::login_account("ada@example.com").as_str());
-        assert_ne!(key, LimitKey::login_account("bob@example.com").as_str());
+        assert_eq!(key, LimitKey::login_account(&ada).as_str());
+        assert_ne!(key, LimitKey::login_account(&bob).as_str());
+
+        let device = LimitKey::login_device(&ada, "dev_1");
+        assert!(device.as_str().starts_with("login-device:"));
+        assert_eq!(device.as_str().len(), "login-device:".len() + 64);
+        assert_ne!(device, LimitKey::login_device(&ada, "dev_2"));
+        assert_ne!(device, LimitKey::login_device(&bob, "dev_1"));
     }
 
     #[test]
-    fn address_keys_name_what_they_limit() {
+    fn address_keys_name_the_client_network() {
         assert_eq!(
             LimitKey::login_ip("203.0.113.9").as_str(),
             "login-ip:203.0.113.9"
@@ -207,6 +224,30 @@ mod tests {
         assert_eq!(
             LimitKey::register_ip("203.0.113.9").to_string(),
             "register-ip:203.0.113.9"
+        );
+        // IPv6 per /64, in whatever spelling the header carries.
+        for ip in [
+            "2001:db8:7:8::1",
+            "2001:DB8:7:8:ffff::2",
+            "[2001:db8:7:8::3]",
+        ] {
+            assert_eq!(
+                LimitKey::login_ip(ip).as_str(),
+                "login-ip:2001:db8:7:8::/64"
+            );
+            assert_eq!(
+                LimitKey::register_ip(ip).as_str(),
+                "register-ip:2001:db8:7:8::/64"
+            );
+        }
+        assert_eq!(
+            LimitKey::login_ip("::ffff:203.0.113.9"),
+            LimitKey::login_ip("203.0.113.9")
+        );
+        assert_eq!(LimitKey::login_ip("garbage").as_str(), "login-ip:unknown");
+        assert_eq!(
+            LimitKey::call_requests_ip("2001:db8:7:8::9").as_str(),
+            "calls-ip:2001:db8:7:8::/64"
         );
     }
 

@@ -45,14 +45,18 @@
 //! gone fail with [`TokenError::UnknownKeyId`].
 //!
 //! # Other signed tokens
-//! [`capability`] holds the short-lived single-purpose tokens (media stream tokens, live-channel
-//! tickets) that are not sessions.
+//! [`device`] holds the device tokens that mark a device which has signed in to an account
+//! before (signed with this keyring, under a derived key). [`capability`] holds the short-lived
+//! single-purpose tokens (media stream tokens, live-channel tickets) that are not sessions.
 //!
 //! # Purity
 //! No clock, no randomness, no I/O: the crate runs inside the Worker (wasm32, where std's clock
 //! panics), so callers pass `now` as unix seconds and mint `jti` themselves.
 
 pub mod capability;
+pub mod device;
+
+pub use device::{DEVICE_TOKEN_TTL_SECS, DeviceToken, DeviceTokenError, account_ref};
 
 use core::fmt;
 use core::num::NonZeroUsize;

@@ -20,6 +20,8 @@ pub mod prefix {
     pub const PERSONA_RELATIONSHIP: &str = "rel";
     /// JWT ids (`jti`), which are also the key of the token blacklist.
     pub const TOKEN: &str = "jti";
+    /// Devices that have signed in (named in device tokens and login limits, not stored).
+    pub const DEVICE: &str = "dev";
 }
 
 const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";

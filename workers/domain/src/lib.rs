@@ -21,6 +21,8 @@
 //!   subscription refill or end), decided from the event alone.
 //! - [`ratelimit`]: sliding-window rate limits (check/record, or an atomic take with release),
 //!   the logic behind the `RateLimiter` Durable Object.
+//! - [`network`]: which network a client address belongs to for per-address limits (IPv4 per
+//!   address, IPv6 per /64).
 //! - [`calls`]: a call's statuses, how Twilio's map onto them, and the never-backwards rule.
 //! - [`schedule`]: recurring calls in local time (IANA zones, daylight-saving changes).
 //! - [`ids`]: prefixed ids such as `usr_…`, built from caller-supplied random bytes.
@@ -31,6 +33,7 @@ pub mod budget;
 pub mod calls;
 pub mod fields;
 pub mod ids;
+pub mod network;
 pub mod personas;
 pub mod pricing;
 pub mod ratelimit;
@@ -42,6 +45,7 @@ pub mod validate;
 
 pub use budget::{BudgetLimit, BudgetSettings, BudgetStatus};
 pub use ids::{is_valid_id, new_id};
+pub use network::{ClientNetwork, client_network};
 pub use pricing::{Cents, CostBreakdown, Usage};
 pub use ratelimit::{Decision, RateLimitPolicy, SlidingWindowLog, Take};
 pub use stripe::{StripeSigError, sign_stripe_payload, verify_stripe_signature};

@@ -31,8 +31,14 @@ impl RateLimitPolicy {
         max_events: 10,
         window_secs: 15 * 60,
     };
-    /// Failed logins per account: 10 per 15 minutes.
+    /// Failed logins per account from devices it does not trust: 10 per 15 minutes.
     pub const LOGIN_FAILURES_PER_ACCOUNT: Self = Self {
+        max_events: 10,
+        window_secs: 15 * 60,
+    };
+    /// Failed logins per account from one device that signed in to it before (a valid device
+    /// token): 10 per 15 minutes, a budget of its own that failures elsewhere do not touch.
+    pub const LOGIN_FAILURES_PER_DEVICE: Self = Self {
         max_events: 10,
         window_secs: 15 * 60,
     };
@@ -48,7 +54,8 @@ impl RateLimitPolicy {
         max_events: 20,
         window_secs: 60 * 60,
     };
-    /// Call requests per client address: 60 per hour (several users behind one NAT).
+    /// Call requests per client network (IPv4 address or IPv6 /64): 60 per hour (several users
+    /// behind one NAT).
     pub const CALL_REQUESTS_PER_IP: Self = Self {
         max_events: 60,
         window_secs: 60 * 60,

@@ -20,6 +20,21 @@
 //!   subscription on file.
 //! - `customer.subscription.deleted` returns that user to the free tier; credits are kept.
 //!
+//! Stripe delivers events in no particular order and retries late, so what an event does depends
+//! on the subscription's own history, which the gateway keeps (`stripe_subscriptions`,
+//! `subscription_refills`), not on when it arrives:
+//! - a paid invoice refills its billing period's credits once per (subscription,
+//!   `lines.data[0].period.start`), whenever it arrives: credits are what the invoice paid for;
+//! - tier, status and limits follow the newest state: an invoice changes them only if its period
+//!   (then the event's `created`) is later than the newest one applied, and never for a
+//!   subscription that ended unless its period starts at or after the end (Stripe never
+//!   re-activates a canceled subscription, so a late invoice of an earlier period cannot
+//!   resurrect one);
+//! - a deletion ends the subscription unless a paid period that starts after `ended_at` is
+//!   already known.
+//!
+//! Events whose `livemode` differs from the deployment's (`STRIPE_LIVEMODE`) are ignored.
+//!
 //! Other event types, and acted-on events that cannot be applied (metadata missing or invalid, a
 //! subscription checkout whose invoice does the work), are [`StripeAction::Ignore`] with a
 //! reason.
@@ -39,6 +54,13 @@ pub struct StripeEvent {
     #[serde(rename = "type")]
     pub kind: String,
     pub data: StripeEventData,
+    /// When Stripe created the event (unix seconds): the order of two events about the same
+    /// billing period.
+    #[serde(default)]
+    pub created: i64,
+    /// Whether the event is from live mode (real money) or test mode.
+    #[serde(default)]
+    pub livemode: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -47,11 +69,14 @@ pub struct StripeEventData {
 }
 
 impl StripeEvent {
+    /// A test-mode event created at time 0 (tests set `created` and `livemode` as they need).
     pub fn new(id: impl Into<String>, kind: impl Into<String>, object: Value) -> Self {
         Self {
             id: id.into(),
             kind: kind.into(),
             data: StripeEventData { object },
+            created: 0,
+            livemode: false,
         }
     }
 }
@@ -103,29 +128,40 @@ pub enum StripeAction {
         credits: u32,
         payment_intent_id: String,
     },
-    /// A paid subscription invoice: refill the month's credits and set the tier's limits. The
-    /// user is `user_id`, else the customer's, else the subscription's on file.
+    /// A paid subscription invoice: refill the period's credits (once per period) and, if it is
+    /// the newest thing known about the subscription, set the tier's limits. The user is
+    /// `user_id`, else the customer's, else the subscription's on file.
     SubscriptionPaid {
         user_id: Option<String>,
         customer_id: Option<String>,
         subscription_id: String,
         tier: Tier,
-        /// The billing period the invoice pays for, unix seconds.
-        period: Option<(i64, i64)>,
+        /// The billing period the invoice pays for (`lines.data[0].period`), unix seconds.
+        period: (i64, i64),
+        /// The event's `created`, unix seconds.
+        event_created: i64,
     },
-    /// Back to the free tier (credits are kept).
+    /// Back to the free tier (credits are kept), unless the subscription is known to have been
+    /// paid for a period starting after `ended_at`.
     SubscriptionEnded {
         user_id: Option<String>,
         customer_id: Option<String>,
         subscription_id: String,
-        ended_at: Option<i64>,
+        /// `ended_at`, else `canceled_at`, else the event's `created`, unix seconds.
+        ended_at: i64,
+        event_created: i64,
     },
     /// Nothing to do; `reason` is logged and answered (a retry could not change it).
     Ignore { reason: &'static str },
 }
 
-/// Decides what an event asks for (see the module docs for the contract).
-pub fn plan_stripe_event(event: &StripeEvent) -> StripeAction {
+/// Decides what an event asks for (see the module docs for the contract). `livemode` is the mode
+/// this deployment runs in: an event from the other mode is ignored, so a test-mode event signed
+/// with a secret that leaked into production (or the reverse) moves no money.
+pub fn plan_stripe_event(event: &StripeEvent, livemode: bool) -> StripeAction {
+    if event.livemode != livemode {
+        return ignore("livemode_mismatch");
+    }
     let object = &event.data.object;
     match event.kind.as_str() {
         "checkout.session.completed" => {
@@ -172,8 +208,10 @@ pub fn plan_stripe_event(event: &StripeEvent) -> StripeAction {
                     .pointer("/lines/data/0/period/end")
                     .and_then(Value::as_i64),
             ) {
-                (Some(start), Some(end)) if end >= start => Some((start, end)),
-                _ => None,
+                (Some(start), Some(end)) if end >= start => (start, end),
+                // The period is what makes a refill once-only and orders invoices; a
+                // subscription invoice always has one.
+                _ => return ignore("missing_period"),
             };
             StripeAction::SubscriptionPaid {
                 user_id,
@@ -181,6 +219,7 @@ pub fn plan_stripe_event(event: &StripeEvent) -> StripeAction {
                 subscription_id,
                 tier,
                 period,
+                event_created: event.created,
             }
         }
         "customer.subscription.deleted" => {
@@ -194,7 +233,9 @@ pub fn plan_stripe_event(event: &StripeEvent) -> StripeAction {
                 ended_at: object
                     .get("ended_at")
                     .and_then(Value::as_i64)
-                    .or_else(|| object.get("canceled_at").and_then(Value::as_i64)),
+                    .or_else(|| object.get("canceled_at").and_then(Value::as_i64))
+                    .unwrap_or(event.created),
+                event_created: event.created,
             }
         }
         _ => ignore("unhandled_event_type"),
@@ -297,6 +338,11 @@ mod tests {
         StripeEvent::new("evt_1", kind, object)
     }
 
+    /// Plans in test mode, as the events built here are.
+    fn plan(event: &StripeEvent) -> StripeAction {
+        plan_stripe_event(event, false)
+    }
+
     #[test]
     fn purchases_read_the_metadata_contract() {
         let session = json!({
@@ -304,7 +350,7 @@ mod tests {
             "client_reference_id": "usr_1", "metadata": {"credits": "50"}
         });
         assert_eq!(
-            plan_stripe_event(&event("checkout.session.completed", session.clone())),
+            plan(&event("checkout.session.completed", session.clone())),
             StripeAction::Purchase {
                 user_id: "usr_1".into(),
                 credits: 50,
@@ -313,7 +359,7 @@ mod tests {
         );
         let intent = json!({"id": "pi_1", "metadata": {"user_id": "usr_1", "credits": 50}});
         assert_eq!(
-            plan_stripe_event(&event("payment_intent.succeeded", intent)),
+            plan(&event("payment_intent.succeeded", intent)),
             StripeAction::Purchase {
                 user_id: "usr_1".into(),
                 credits: 50,
@@ -325,7 +371,7 @@ mod tests {
             "metadata": {"user_id": "usr_2", "credits": "7"}
         });
         assert!(matches!(
-            plan_stripe_event(&event("checkout.session.completed", expanded)),
+            plan(&event("checkout.session.completed", expanded)),
             StripeAction::Purchase { ref payment_intent_id, credits: 7, .. } if payment_intent_id == "pi_2"
         ));
 
@@ -353,13 +399,13 @@ mod tests {
                 object[key] = value.clone();
             }
             assert_eq!(
-                plan_stripe_event(&event("checkout.session.completed", object)),
+                plan(&event("checkout.session.completed", object)),
                 StripeAction::Ignore { reason },
                 "{change}"
             );
         }
         assert_eq!(
-            plan_stripe_event(&event("charge.refunded", json!({}))),
+            plan(&event("charge.refunded", json!({}))),
             StripeAction::Ignore {
                 reason: "unhandled_event_type"
             }
@@ -375,28 +421,30 @@ mod tests {
             "subscription_details": {"metadata": {"user_id": "usr_1"}}
         });
         assert_eq!(
-            plan_stripe_event(&event("invoice.paid", invoice)),
+            plan(&event("invoice.paid", invoice)),
             StripeAction::SubscriptionPaid {
                 user_id: Some("usr_1".into()),
                 customer_id: Some("cus_1".into()),
                 subscription_id: "sub_1".into(),
                 tier: Tier::Premium,
-                period: Some((1_763_942_400, 1_766_620_800)),
+                period: (1_763_942_400, 1_766_620_800),
+                event_created: 0,
             }
         );
         // Newer API versions: subscription under `parent`, tier in its metadata.
         let newer = json!({
             "customer": {"id": "cus_2"},
             "parent": {"subscription_details": {"subscription": "sub_2", "metadata": {"tier": "basic"}}},
-            "lines": {"data": [{"pricing": {"price_details": {"price": "price_x"}}}]}
+            "lines": {"data": [{"pricing": {"price_details": {"price": "price_x"}},
+                                "period": {"start": 10, "end": 20}}]}
         });
         assert!(matches!(
-            plan_stripe_event(&event("invoice.paid", newer)),
+            plan(&event("invoice.paid", newer)),
             StripeAction::SubscriptionPaid { tier: Tier::Basic, user_id: None, ref customer_id, .. }
                 if customer_id.as_deref() == Some("cus_2")
         ));
         assert_eq!(
-            plan_stripe_event(&event("invoice.paid", json!({"customer": "cus_1"}))),
+            plan(&event("invoice.paid", json!({"customer": "cus_1"}))),
             StripeAction::Ignore {
                 reason: "not_a_subscription_invoice"
             }
@@ -404,13 +452,107 @@ mod tests {
         for key in ["free", "gold", "Premium"] {
             let invoice = json!({"subscription": "sub_1", "metadata": {"tier": key}});
             assert_eq!(
-                plan_stripe_event(&event("invoice.paid", invoice)),
+                plan(&event("invoice.paid", invoice)),
                 StripeAction::Ignore {
                     reason: "unknown_tier"
                 },
                 "{key}"
             );
         }
+    }
+
+    #[test]
+    fn events_of_the_other_mode_are_ignored() {
+        let invoice = json!({
+            "subscription": "sub_1", "metadata": {"tier": "basic"},
+            "lines": {"data": [{"period": {"start": 10, "end": 20}}]}
+        });
+        let mut live = event("invoice.paid", invoice);
+        live.livemode = true;
+        assert_eq!(
+            plan_stripe_event(&live, false),
+            StripeAction::Ignore {
+                reason: "livemode_mismatch"
+            }
+        );
+        assert!(matches!(
+            plan_stripe_event(&live, true),
+            StripeAction::SubscriptionPaid { .. }
+        ));
+        let test_purchase = event("charge.refunded", json!({}));
+        assert_eq!(
+            plan_stripe_event(&test_purchase, true),
+            StripeAction::Ignore {
+                reason: "livemode_mismatch"
+            }
+        );
+        // Parsed from the wire: `livemode` and `created` are read, and default to test mode, 0.
+        let parsed = parse_stripe_event(
+            br#"{"id": "evt_9", "type": "x", "livemode": true, "created": 1700000000, "data": {"object": {}}}"#,
+        )
+        .unwrap();
+        assert!(parsed.livemode);
+        assert_eq!(parsed.created, 1_700_000_000);
+        let bare =
+            parse_stripe_event(br#"{"id": "evt_9", "type": "x", "data": {"object": {}}}"#).unwrap();
+        assert!(!bare.livemode);
+    }
+
+    #[test]
+    fn invoices_carry_their_period_and_deletions_their_end() {
+        let mut paid = event(
+            "invoice.paid",
+            json!({
+                "subscription": "sub_1", "metadata": {"tier": "basic"},
+                "lines": {"data": [{"period": {"start": 100, "end": 200}}]}
+            }),
+        );
+        paid.created = 150;
+        assert!(matches!(
+            plan(&paid),
+            StripeAction::SubscriptionPaid {
+                period: (100, 200),
+                event_created: 150,
+                ..
+            }
+        ));
+        // Without a period there is nothing to refill once, nor to order by.
+        for lines in [
+            json!({"data": []}),
+            json!({"data": [{"period": {"start": 200, "end": 100}}]}),
+        ] {
+            let invoice =
+                json!({"subscription": "sub_1", "metadata": {"tier": "basic"}, "lines": lines});
+            assert_eq!(
+                plan(&event("invoice.paid", invoice)),
+                StripeAction::Ignore {
+                    reason: "missing_period"
+                }
+            );
+        }
+        let mut deleted = event(
+            "customer.subscription.deleted",
+            json!({"id": "sub_1", "canceled_at": 300}),
+        );
+        deleted.created = 400;
+        assert!(matches!(
+            plan(&deleted),
+            StripeAction::SubscriptionEnded {
+                ended_at: 300,
+                event_created: 400,
+                ..
+            }
+        ));
+        deleted.data.object = json!({"id": "sub_1", "ended_at": 350, "canceled_at": 300});
+        assert!(matches!(
+            plan(&deleted),
+            StripeAction::SubscriptionEnded { ended_at: 350, .. }
+        ));
+        deleted.data.object = json!({"id": "sub_1"});
+        assert!(matches!(
+            plan(&deleted),
+            StripeAction::SubscriptionEnded { ended_at: 400, .. }
+        ));
     }
 
     #[test]

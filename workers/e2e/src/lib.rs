@@ -12,6 +12,10 @@
 //!
 //! Missing environment is a failure with a clear message, never a silent skip.
 //!
+//! `CALLMEBACK_WORKER_RUNTIME=workerd` serves the Worker with `workerd serve` directly, from a
+//! config generated out of wrangler.toml (no `wrangler dev` proxy, no inspector): the benchmarks use
+//! it to measure the Worker rather than the dev tooling. Cron (`/__scheduled`) needs `wrangler dev`.
+//!
 //! Every stack also runs the provider simulators (`callmeback-simulators`) in-process on a free
 //! port, and the Worker is configured to reach Twilio, Deepgram, the LLM and ElevenLabs there:
 //! [`Stack::sims`] sets scenarios and reads what each provider saw.
@@ -42,6 +46,86 @@ pub fn field_code<'a>(body: &'a serde_json::Value, field: &str) -> &'a str {
     body["error"]["fields"][field]["code"]
         .as_str()
         .unwrap_or_else(|| panic!("no error for field {field}: {body}"))
+}
+
+/// What [`raw_http`] read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawAnswer {
+    /// The status code, when a status line arrived in time.
+    pub status: Option<u16>,
+    /// Status line and headers.
+    pub head: String,
+    /// Whatever of the body arrived (up to 64 KiB).
+    pub body: String,
+}
+
+/// Writes `head` to the Worker over a plain TCP connection, then `body_chunks` in the background
+/// (and then keeps the connection open without finishing the body), and reads the answer for up
+/// to `wait`. For what an HTTP client will not send: unknown methods, chunked bodies that never
+/// end.
+pub async fn raw_http(
+    stack: &Stack,
+    head: &[u8],
+    body_chunks: &[Vec<u8>],
+    wait: Duration,
+) -> RawAnswer {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let address = stack.worker_url.trim_start_matches("http://");
+    let socket = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect to the Worker");
+    let (mut reader, mut writer) = socket.into_split();
+    writer.write_all(head).await.expect("send the request head");
+    let chunks = body_chunks.to_vec();
+    let sender = tokio::spawn(async move {
+        for chunk in chunks {
+            if writer.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        // Never finish the body: an answer can only come from a server that stopped reading.
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        drop(writer);
+    });
+    let mut received = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let Ok(read) = tokio::time::timeout_at(deadline, reader.read(&mut buffer)).await else {
+            break;
+        };
+        match read {
+            Ok(0) | Err(_) => break,
+            Ok(count) => received.extend_from_slice(&buffer[..count]),
+        }
+        if received.len() > 64 * 1024 || response_complete(&received) {
+            break;
+        }
+    }
+    sender.abort();
+    let text = String::from_utf8_lossy(&received).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    RawAnswer {
+        status: head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|status| status.parse().ok()),
+        head: head.to_owned(),
+        body: body.to_owned(),
+    }
+}
+
+/// Whether `received` holds a whole response with a `Content-Length` body.
+fn response_complete(received: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(received);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    head.lines()
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, value)| value.trim().parse::<usize>().ok())
+        .is_some_and(|length| body.len() >= length)
 }
 
 /// The frontend origin the test Worker allows for CORS.
@@ -342,8 +426,10 @@ impl Stack {
                     .unwrap_or(0);
             let seconds = ticks as f64 / 100.0; // USER_HZ on Linux
             let cmdline = std::fs::read(process.join("cmdline")).unwrap_or_default();
-            // The Worker's own workerd is the one wrangler attaches its inspector to.
-            if String::from_utf8_lossy(&cmdline).contains("--inspector-addr") {
+            // The Worker's own workerd is the one wrangler attaches its inspector to, or the one
+            // serving our own config when run directly.
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            if cmdline.contains("--inspector-addr") || cmdline.contains("workerd.capnp") {
                 cpu.worker += seconds;
             } else {
                 cpu.proxy += seconds;
@@ -675,6 +761,9 @@ fn spawn_gateway(
 }
 
 fn spawn_worker(main: &str, port: u16, worker_env: &str, dir: &Path) -> Child {
+    if std::env::var("CALLMEBACK_WORKER_RUNTIME").as_deref() == Ok("workerd") {
+        return spawn_workerd(main, port, worker_env, dir);
+    }
     let config = test_wrangler_config(
         &std::fs::read_to_string(repo_root().join("wrangler.toml")).expect("read wrangler.toml"),
         main,
@@ -710,6 +799,151 @@ fn spawn_worker(main: &str, port: u16, worker_env: &str, dir: &Path) -> Child {
         .process_group(0)
         .spawn()
         .expect("start wrangler dev (run scripts/bootstrap for node_modules)")
+}
+
+/// Serves the built Worker with `workerd serve` and a config equivalent to what `wrangler dev`
+/// gives it: wrangler.toml's `[vars]` and the env file as text bindings, its Durable Object
+/// classes (SQLite-backed, stored under `dir`), outbound access to loopback (the simulators).
+fn spawn_workerd(main: &str, port: u16, worker_env: &str, dir: &Path) -> Child {
+    let wrangler =
+        std::fs::read_to_string(repo_root().join("wrangler.toml")).expect("read wrangler.toml");
+    std::fs::write(dir.join("worker.env"), worker_env).expect("write worker env file");
+    // Embedded files are found relative to the config: copy the build beside it.
+    let main_dir = dir.join("worker-build");
+    std::fs::create_dir_all(&main_dir).expect("create the build copy dir");
+    let build_dir = Path::new(main)
+        .parent()
+        .expect("the Worker's build directory");
+    for file in ["index.js", "index_bg.wasm"] {
+        std::fs::copy(build_dir.join(file), main_dir.join(file)).expect("copy the built Worker");
+    }
+    let storage = dir.join("workerd-state");
+    std::fs::create_dir_all(&storage).expect("create Durable Object storage dir");
+    let config = workerd_config(
+        &wrangler,
+        worker_env,
+        Path::new("worker-build"),
+        &storage,
+        port,
+    );
+    std::fs::write(dir.join("workerd.capnp"), config).expect("write workerd config");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("worker.log"))
+        .expect("worker log file");
+    let log_err = log.try_clone().expect("clone log handle");
+    Command::new(repo_root().join("node_modules/.bin/workerd"))
+        .current_dir(dir)
+        .args(["serve", "--experimental", "workerd.capnp"])
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .process_group(0)
+        .spawn()
+        .expect("start workerd (run scripts/bootstrap for node_modules)")
+}
+
+/// The workerd config (Cap'n Proto text) for the Worker built in `build_dir`.
+pub fn workerd_config(
+    wrangler_toml: &str,
+    worker_env: &str,
+    build_dir: &Path,
+    storage: &Path,
+    port: u16,
+) -> String {
+    let quote = |value: &str| format!("{value:?}");
+    let mut vars: Vec<(String, String)> = Vec::new();
+    let mut set = |name: &str, value: &str| {
+        vars.retain(|(n, _)| n != name);
+        vars.push((name.to_owned(), value.to_owned()));
+    };
+    let mut section = String::new();
+    let mut compatibility_date = "2026-04-01".to_owned();
+    let mut classes: Vec<(String, String)> = Vec::new();
+    let mut binding_name = String::new();
+    for line in wrangler_toml.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            section = line.to_owned();
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let (key, value) = (key.trim(), value.trim().trim_matches('"'));
+        match section.as_str() {
+            "" if key == "compatibility_date" => compatibility_date = value.to_owned(),
+            "[vars]" => set(key, value),
+            "[[durable_objects.bindings]]" if key == "name" => binding_name = value.to_owned(),
+            "[[durable_objects.bindings]]" if key == "class_name" => {
+                classes.push((std::mem::take(&mut binding_name), value.to_owned()));
+            }
+            _ => {}
+        }
+    }
+    for line in worker_env.lines() {
+        if let Some((key, value)) = line.split_once('=') {
+            set(key.trim(), value.trim());
+        }
+    }
+    let mut bindings: Vec<String> = vars
+        .iter()
+        .map(|(name, value)| format!("(name = {}, text = {})", quote(name), quote(value)))
+        .collect();
+    bindings.extend(classes.iter().map(|(name, class)| {
+        format!(
+            "(name = {}, durableObjectNamespace = {})",
+            quote(name),
+            quote(class)
+        )
+    }));
+    let namespaces: Vec<String> = classes
+        .iter()
+        .map(|(_, class)| {
+            format!(
+                "(className = {}, uniqueKey = {}, enableSql = true)",
+                quote(class),
+                quote(&format!("callmeback-{class}"))
+            )
+        })
+        .collect();
+    let build = |file: &str| quote(&build_dir.join(file).display().to_string());
+    format!(
+        r#"using Workerd = import "/workerd/workerd.capnp";
+
+const config :Workerd.Config = (
+  services = [
+    (name = "main", worker = .worker),
+    (name = "internet", network = (allow = ["public", "private", "local"])),
+    (name = "do-storage", disk = (path = {storage}, writable = true)),
+  ],
+  sockets = [(name = "http", address = "127.0.0.1:{port}", http = (), service = "main")],
+);
+
+const worker :Workerd.Worker = (
+  modules = [
+    (name = "index.js", esModule = embed {index_js}),
+    (name = "index_bg.wasm", wasm = embed {index_wasm}),
+  ],
+  compatibilityDate = {date},
+  bindings = [
+    {bindings}
+  ],
+  durableObjectNamespaces = [
+    {namespaces}
+  ],
+  durableObjectStorage = (localDisk = "do-storage"),
+  globalOutbound = "internet",
+);
+"#,
+        storage = quote(&storage.display().to_string()),
+        index_js = build("index.js"),
+        index_wasm = build("index_bg.wasm"),
+        date = quote(&compatibility_date),
+        bindings = bindings.join(",\n    "),
+        namespaces = namespaces.join(",\n    "),
+    )
 }
 
 /// The project's wrangler.toml, minus its build step (the tests run a prebuilt Worker), with

@@ -600,7 +600,7 @@ async fn brute_force_is_limited_then_lifts_after_the_window() {
 }
 
 #[tokio::test]
-async fn limits_are_per_account_and_per_ip_and_success_resets_the_account() {
+async fn limits_are_per_account_and_per_ip_and_a_success_gives_back_only_its_own_slot() {
     let stack = Stack::start().await;
     stack.register("ada@example.com").await;
     stack.register("bob@example.com").await;
@@ -638,16 +638,27 @@ async fn limits_are_per_account_and_per_ip_and_success_resets_the_account() {
         200
     );
 
-    // A success resets the account's count: 9 failures, a success, 9 more, and it still works.
-    for round in 0..2 {
-        for attempt in 1..=9 {
-            let ip = format!("192.0.2.{}", round * 10 + attempt);
-            let answer = login_from(&stack, "bob@example.com", "wrong password!", Some(&ip)).await;
-            assert_eq!(answer.status, 401, "round {round} attempt {attempt}");
-        }
-        let answer = login_from(&stack, "bob@example.com", PASSWORD, Some("192.0.2.200")).await;
-        assert_eq!(answer.status, 200, "round {round}: {}", answer.body);
+    // Without a device token, a success gives back its own slot but not the failures others
+    // made (it used to reset them, handing an attacker a fresh budget whenever the owner signed
+    // in): 9 failures, a success, one more failure, and the account's untrusted budget is spent.
+    // A device that signed in before keeps a budget of its own (see the device-token test).
+    for attempt in 1..=9 {
+        let ip = format!("192.0.2.{attempt}");
+        let answer = login_from(&stack, "bob@example.com", "wrong password!", Some(&ip)).await;
+        assert_eq!(answer.status, 401, "attempt {attempt}");
     }
+    let answer = login_from(&stack, "bob@example.com", PASSWORD, Some("192.0.2.200")).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let answer = login_from(
+        &stack,
+        "bob@example.com",
+        "wrong password!",
+        Some("192.0.2.10"),
+    )
+    .await;
+    assert_eq!(answer.status, 401, "{}", answer.body);
+    let answer = login_from(&stack, "bob@example.com", PASSWORD, Some("192.0.2.201")).await;
+    assert_eq!(answer.status, 429, "{}", answer.body);
 }
 
 #[tokio::test]
@@ -914,4 +925,390 @@ async fn registrations_are_limited_per_ip() {
     )
     .await;
     assert_eq!(elsewhere.status, 201, "{}", elsewhere.body);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Limits under concurrency, device tokens, IPv6 networks
+// ---------------------------------------------------------------------------------------------
+
+/// A login with an optional `X-Device-Token`.
+async fn login_with_device(
+    stack: &Stack,
+    email: &str,
+    password: &str,
+    ip: &str,
+    device_token: Option<&str>,
+) -> Answer {
+    let mut request = stack
+        .http
+        .post(format!("{}/api/auth/login", stack.worker_url))
+        .header("cf-connecting-ip", ip)
+        .json(&json!({"email": email, "password": password}));
+    if let Some(token) = device_token {
+        request = request.header("x-device-token", token);
+    }
+    let response = request.send().await.expect("request reaches the Worker");
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok());
+    let body = response.json().await.unwrap_or(Value::Null);
+    Answer {
+        status,
+        retry_after,
+        body,
+    }
+}
+
+async fn count_audit(stack: &Stack, event: &str) -> i64 {
+    stack
+        .db()
+        .await
+        .query_one(
+            "SELECT count(*) FROM audit_log WHERE event_type = $1",
+            &[&event],
+        )
+        .await
+        .expect("audit_log readable")
+        .get(0)
+}
+
+#[tokio::test]
+async fn thirty_concurrent_wrong_passwords_reach_the_password_check_exactly_ten_times() {
+    let stack = Stack::start().await;
+    stack.register("ada@example.com").await;
+
+    let attempts = (0..30).map(|_| {
+        login_with_device(
+            &stack,
+            "ada@example.com",
+            "wrong password!",
+            "198.51.100.30",
+            None,
+        )
+    });
+    let answers = futures_util::future::join_all(attempts).await;
+    let mut statuses: Vec<u16> = answers.iter().map(|answer| answer.status).collect();
+    statuses.sort_unstable();
+    let expected: Vec<u16> = [vec![401; 10], vec![429; 20]].concat();
+    assert_eq!(
+        statuses,
+        expected,
+        "{:?}",
+        answers.iter().map(|a| &a.body).collect::<Vec<_>>()
+    );
+    // The gateway checked the password exactly ten times: one audit row per check.
+    assert_eq!(count_audit(&stack, "login_failure").await, 10);
+    // The right password is refused too now (this address and this account are spent)...
+    let blocked =
+        login_with_device(&stack, "ada@example.com", PASSWORD, "198.51.100.31", None).await;
+    assert_eq!(blocked.status, 429, "{}", blocked.body);
+    assert_eq!(count_audit(&stack, "login_failure").await, 10);
+}
+
+#[tokio::test]
+async fn twenty_four_concurrent_registrations_from_one_ipv6_64_create_twenty() {
+    let stack = Stack::start().await;
+    // Every request from another interface id of the same /64: one subscriber, one budget.
+    let stack = &stack;
+    let attempts = (0..24u32).map(|index| {
+        let ip = format!("2001:db8:42:7:{:x}::{:x}", index + 1, index * 7 + 3);
+        async move {
+            send(
+                stack,
+                Method::POST,
+                "/api/auth/register",
+                None,
+                Some(json!({"email": format!("burst{index}@example.com"), "password": PASSWORD})),
+                Some(&ip),
+            )
+            .await
+        }
+    });
+    let answers = futures_util::future::join_all(attempts).await;
+    let created = answers.iter().filter(|answer| answer.status == 201).count();
+    let limited = answers.iter().filter(|answer| answer.status == 429).count();
+    assert_eq!(
+        (created, limited),
+        (20, 4),
+        "{:?}",
+        answers.iter().map(|a| &a.body).collect::<Vec<_>>()
+    );
+    let users: i64 = stack
+        .db()
+        .await
+        .query_one("SELECT count(*) FROM users", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(users, 20);
+    // Another /64 of the same /48 is another subscriber.
+    let elsewhere = send(
+        stack,
+        Method::POST,
+        "/api/auth/register",
+        None,
+        Some(json!({"email": "late@example.com", "password": PASSWORD})),
+        Some("2001:db8:42:8::1"),
+    )
+    .await;
+    assert_eq!(elsewhere.status, 201, "{}", elsewhere.body);
+}
+
+#[tokio::test]
+async fn login_failures_are_counted_per_ipv6_64_and_mapped_ipv4_is_ipv4() {
+    let stack = Stack::start().await;
+    stack.register("ada@example.com").await;
+
+    // Ten failures from ten addresses of one /64 (against unknown accounts, so no account limit).
+    for index in 1..=10 {
+        let ip = format!("2001:db8:abcd:12:{index:x}::1");
+        let answer = login_with_device(
+            &stack,
+            &format!("guess{index}@example.com"),
+            "whatever it is",
+            &ip,
+            None,
+        )
+        .await;
+        assert_eq!(answer.status, 401, "attempt {index}: {}", answer.body);
+    }
+    // An eleventh address of that /64, spelled differently, is the same client.
+    for ip in [
+        "2001:DB8:ABCD:12:ffff:ffff:ffff:fffe",
+        "[2001:db8:abcd:12::9]",
+    ] {
+        let answer = login_with_device(&stack, "ada@example.com", PASSWORD, ip, None).await;
+        assert_eq!(answer.status, 429, "{ip}: {}", answer.body);
+    }
+    // The next /64 is not.
+    let next = login_with_device(
+        &stack,
+        "ada@example.com",
+        PASSWORD,
+        "2001:db8:abcd:13::1",
+        None,
+    )
+    .await;
+    assert_eq!(next.status, 200, "{}", next.body);
+
+    // An IPv4 address and its IPv6-mapped form share one budget.
+    for index in 1..=10 {
+        let ip = if index % 2 == 0 {
+            "203.0.113.77"
+        } else {
+            "::ffff:203.0.113.77"
+        };
+        let answer = login_with_device(
+            &stack,
+            &format!("v4guess{index}@example.com"),
+            "whatever it is",
+            ip,
+            None,
+        )
+        .await;
+        assert_eq!(answer.status, 401, "attempt {index}");
+    }
+    let mapped = login_with_device(&stack, "ada@example.com", PASSWORD, "203.0.113.77", None).await;
+    assert_eq!(mapped.status, 429, "{}", mapped.body);
+}
+
+#[tokio::test]
+async fn a_stranger_cannot_lock_the_owner_out_of_a_device_that_signed_in_before() {
+    let stack = Stack::start().await;
+    let registered = register_as(
+        &stack,
+        json!({"email": "ada@example.com", "password": PASSWORD}),
+        Some("192.0.2.10"),
+    )
+    .await;
+    assert_eq!(registered.status, 201);
+    let phone = registered.body["device_token"]
+        .as_str()
+        .expect("register answers a device token")
+        .to_owned();
+    let laptop_login =
+        login_with_device(&stack, "ada@example.com", PASSWORD, "192.0.2.11", None).await;
+    assert_eq!(laptop_login.status, 200, "{}", laptop_login.body);
+    let laptop = laptop_login.body["device_token"]
+        .as_str()
+        .expect("login answers a device token")
+        .to_owned();
+    assert_ne!(phone, laptop);
+    let (_, bob_body) = {
+        let answer = register_as(
+            &stack,
+            json!({"email": "bob@example.com", "password": PASSWORD}),
+            Some("192.0.2.12"),
+        )
+        .await;
+        (answer.status, answer.body)
+    };
+    let bobs_device = bob_body["device_token"].as_str().unwrap().to_owned();
+
+    // A stranger spends the account's untrusted budget from ten addresses.
+    for index in 1..=10 {
+        let ip = format!("198.51.100.{index}");
+        let answer =
+            login_with_device(&stack, "ada@example.com", "wrong password!", &ip, None).await;
+        assert_eq!(answer.status, 401, "attempt {index}");
+    }
+    // Untrusted devices are locked out, the owner's right password included; so is a device
+    // presenting another account's token, or a forged one.
+    for token in [
+        None,
+        Some(bobs_device.as_str()),
+        Some("dt1.e2e-1.Zm9v.YmFy"),
+        Some("garbage"),
+    ] {
+        let answer =
+            login_with_device(&stack, "ada@example.com", PASSWORD, "192.0.2.50", token).await;
+        assert_eq!(answer.status, 429, "{token:?}: {}", answer.body);
+    }
+    // The owner's phone is not: its own budget is untouched.
+    let from_phone = login_with_device(
+        &stack,
+        "ada@example.com",
+        PASSWORD,
+        "192.0.2.50",
+        Some(&phone),
+    )
+    .await;
+    assert_eq!(from_phone.status, 200, "{}", from_phone.body);
+    let renewed = from_phone.body["device_token"]
+        .as_str()
+        .expect("renewed")
+        .to_owned();
+    // The renewed token names the same device: it still works after the old one is dropped.
+    assert_eq!(
+        login_with_device(
+            &stack,
+            "ada@example.com",
+            PASSWORD,
+            "192.0.2.50",
+            Some(&renewed)
+        )
+        .await
+        .status,
+        200
+    );
+
+    // A device's own failures lock that device only: the laptop spends its budget...
+    for attempt in 1..=10 {
+        let answer = login_with_device(
+            &stack,
+            "ada@example.com",
+            "wrong again!",
+            "192.0.2.51",
+            Some(&laptop),
+        )
+        .await;
+        assert_eq!(
+            answer.status, 401,
+            "laptop attempt {attempt}: {}",
+            answer.body
+        );
+    }
+    let laptop_locked = login_with_device(
+        &stack,
+        "ada@example.com",
+        PASSWORD,
+        "192.0.2.51",
+        Some(&laptop),
+    )
+    .await;
+    assert_eq!(laptop_locked.status, 429, "{}", laptop_locked.body);
+    assert!(laptop_locked.retry_after.is_some());
+    // ...and the phone still signs in, from the very same address.
+    let phone_again = login_with_device(
+        &stack,
+        "ada@example.com",
+        PASSWORD,
+        "192.0.2.51",
+        Some(&renewed),
+    )
+    .await;
+    assert_eq!(phone_again.status, 200, "{}", phone_again.body);
+
+    // On a trusted device a success forgives its own typos: 9 failures, a success, 9 more.
+    for round in 0..2 {
+        for attempt in 1..=9 {
+            let answer = login_with_device(
+                &stack,
+                "ada@example.com",
+                "typo typo!",
+                "192.0.2.52",
+                Some(&renewed),
+            )
+            .await;
+            assert_eq!(answer.status, 401, "round {round} attempt {attempt}");
+        }
+        let answer = login_with_device(
+            &stack,
+            "ada@example.com",
+            PASSWORD,
+            "192.0.2.52",
+            Some(&renewed),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "round {round}: {}", answer.body);
+    }
+    // Bob, whose account nobody attacked, is unaffected throughout.
+    assert_eq!(
+        login_with_device(&stack, "bob@example.com", PASSWORD, "192.0.2.53", None)
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_logged_out_token_stays_refused_through_the_verifiers_leeway() {
+    let stack = Stack::start().await;
+    let (_, user_id) = stack.register("ada@example.com").await;
+    // A token that expires three seconds from now, minted with the Worker's own keys.
+    let keyring = Keyring::parse(&stack.jwt_keys).expect("the harness's keyring");
+    let expires_at = unix_now() + 3;
+    let claims = SessionClaims {
+        jti: "jti_boundary".to_owned(),
+        sub: user_id,
+        email: "ada@example.com".to_owned(),
+        role: Role::User,
+    };
+    let token = keyring.issue(&claims, expires_at - TOKEN_TTL_SECS);
+    assert_eq!(me(&stack, &token).await.status, 200);
+    let logout = send(
+        &stack,
+        Method::POST,
+        "/api/auth/logout",
+        Some(&bearer(&token)),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(logout.status, 204, "{}", logout.body);
+    assert_eq!(me(&stack, &token).await.status, 401);
+
+    // Past `exp`, but inside the 30 s the verifier still grants for clock skew: the signature
+    // and times pass, so only the revocation stands between this token and the account. It used
+    // to stop matching at `exp` (the row's `expires_at`), and this request answered 200.
+    while unix_now() <= expires_at + 1 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(unix_now() < expires_at + callmeback_auth::CLOCK_SKEW_LEEWAY_SECS - 5);
+    let late = me(&stack, &token).await;
+    assert_eq!(late.status, 401, "{}", late.body);
+    let stored: i64 = stack
+        .db()
+        .await
+        .query_one(
+            "SELECT extract(epoch FROM expires_at)::int8 FROM token_blacklist WHERE token_id = 'jti_boundary'",
+            &[],
+        )
+        .await
+        .expect("revocation row")
+        .get(0);
+    assert_eq!(stored, expires_at + callmeback_auth::CLOCK_SKEW_LEEWAY_SECS);
 }

@@ -768,3 +768,170 @@ async fn admin_stats_are_for_admins_only() {
     let (status, _) = get(&stack, "/api/admin/stats", &admin).await;
     assert_eq!(status, 403);
 }
+
+/// An `invoice.paid` for `subscription` and `user_id`, paying the period `[start, end)`, created
+/// at `created`.
+fn invoice_paid(
+    event_id: &str,
+    user_id: &str,
+    subscription: &str,
+    (start, end): (i64, i64),
+    created: i64,
+) -> Value {
+    let mut event = stripe_event(
+        event_id,
+        "invoice.paid",
+        json!({
+            "id": format!("in_{event_id}"), "object": "invoice", "customer": format!("cus_{user_id}"),
+            "subscription": subscription, "billing_reason": "subscription_cycle",
+            "subscription_details": {"metadata": {"user_id": user_id}},
+            "lines": {"data": [{
+                "price": {"id": "price_1", "lookup_key": "premium_monthly"},
+                "period": {"start": start, "end": end}
+            }]}
+        }),
+    );
+    event["created"] = json!(created);
+    event
+}
+
+fn subscription_deleted(event_id: &str, user_id: &str, subscription: &str, ended_at: i64) -> Value {
+    let mut event = stripe_event(
+        event_id,
+        "customer.subscription.deleted",
+        json!({"id": subscription, "object": "subscription", "customer": format!("cus_{user_id}"),
+               "status": "canceled", "ended_at": ended_at, "metadata": {"user_id": user_id}}),
+    );
+    event["created"] = json!(ended_at);
+    event
+}
+
+async fn tier_and_balance(stack: &Stack, token: &str) -> (String, i64) {
+    let (status, body) = get(stack, "/api/credits", token).await;
+    assert_eq!(status, 200, "{body}");
+    (
+        body["tier"].as_str().expect("tier").to_owned(),
+        body["available_credits"].as_i64().expect("balance"),
+    )
+}
+
+#[tokio::test]
+async fn a_late_invoice_does_not_resurrect_a_cancelled_subscription_and_order_does_not_matter() {
+    let stack = Stack::start().await;
+    let now = unix_now();
+    let period = (now - 20 * 86_400, now + 10 * 86_400);
+
+    // Ada: the invoice, then the deletion, then the same period's invoice again under a new event
+    // id (a retry that arrives late). It used to set the tier back to premium and add 500 credits.
+    let (ada, ada_id) = stack.register("ada@example.test").await;
+    let paid = invoice_paid("evt_ada_paid", &ada_id, "sub_ada", period, period.0 + 60);
+    assert_eq!(
+        stripe_signed(&stack, &paid).await,
+        (200, json!({"received": true}))
+    );
+    assert_eq!(
+        tier_and_balance(&stack, &ada).await,
+        ("premium".to_owned(), 500)
+    );
+    let deleted = subscription_deleted("evt_ada_deleted", &ada_id, "sub_ada", now);
+    assert_eq!(
+        stripe_signed(&stack, &deleted).await,
+        (200, json!({"received": true}))
+    );
+    assert_eq!(
+        tier_and_balance(&stack, &ada).await,
+        ("free".to_owned(), 500)
+    );
+    let late = invoice_paid(
+        "evt_ada_paid_retry",
+        &ada_id,
+        "sub_ada",
+        period,
+        period.0 + 90,
+    );
+    let (status, answer) = stripe_signed(&stack, &late).await;
+    assert_eq!(
+        (status, answer),
+        (
+            200,
+            json!({"received": true, "ignored": true, "reason": "stale_event"})
+        )
+    );
+    assert_eq!(
+        tier_and_balance(&stack, &ada).await,
+        ("free".to_owned(), 500)
+    );
+
+    // Bob: the same two events in the other order. The period was paid for, so its credits come
+    // (once); the subscription has ended, so the tier does not. The end state is Ada's.
+    let (bob, bob_id) = stack.register("bob@example.test").await;
+    let deleted = subscription_deleted("evt_bob_deleted", &bob_id, "sub_bob", now);
+    assert_eq!(stripe_signed(&stack, &deleted).await.0, 200);
+    let paid = invoice_paid("evt_bob_paid", &bob_id, "sub_bob", period, period.0 + 60);
+    assert_eq!(
+        stripe_signed(&stack, &paid).await,
+        (200, json!({"received": true}))
+    );
+    assert_eq!(
+        tier_and_balance(&stack, &bob).await,
+        ("free".to_owned(), 500)
+    );
+    let again = invoice_paid(
+        "evt_bob_paid_retry",
+        &bob_id,
+        "sub_bob",
+        period,
+        period.0 + 90,
+    );
+    assert_eq!(
+        stripe_signed(&stack, &again).await.1["reason"],
+        "stale_event"
+    );
+    assert_eq!(
+        tier_and_balance(&stack, &bob).await,
+        ("free".to_owned(), 500)
+    );
+
+    // A live-mode event reaching this test-mode deployment is ignored, whatever it says.
+    let mut live = invoice_paid(
+        "evt_live",
+        &ada_id,
+        "sub_live",
+        (now, now + 30 * 86_400),
+        now,
+    );
+    live["livemode"] = json!(true);
+    let (status, answer) = stripe_signed(&stack, &live).await;
+    assert_eq!(
+        (status, answer),
+        (
+            200,
+            json!({"received": true, "ignored": true, "reason": "livemode_mismatch"})
+        )
+    );
+    assert_eq!(
+        tier_and_balance(&stack, &ada).await,
+        ("free".to_owned(), 500)
+    );
+}
+
+#[tokio::test]
+async fn a_live_mode_deployment_ignores_test_mode_events() {
+    let stack = Stack::start_with_vars(&[("STRIPE_LIVEMODE", "true")]).await;
+    let (token, user_id) = stack.register("live@example.test").await;
+    let now = unix_now();
+    let test_mode = invoice_paid("evt_test", &user_id, "sub_1", (now, now + 86_400), now);
+    let (status, answer) = stripe_signed(&stack, &test_mode).await;
+    assert_eq!(answer["reason"], "livemode_mismatch", "{status} {answer}");
+    let mut live = test_mode.clone();
+    live["id"] = json!("evt_live");
+    live["livemode"] = json!(true);
+    assert_eq!(
+        stripe_signed(&stack, &live).await,
+        (200, json!({"received": true}))
+    );
+    assert_eq!(
+        tier_and_balance(&stack, &token).await,
+        ("premium".to_owned(), 500)
+    );
+}

@@ -19,21 +19,60 @@
 //!   registration attempt counts against the per-IP limit (`REGISTRATIONS_PER_IP`), so probing
 //!   emails through register is as rate-bound as guessing passwords through login.
 //!
-//! # Brute force
-//! Failed logins are counted in `RateLimiter` Durable Objects, per client IP and per account (the
-//! account's key is a SHA-256 of the normalised email, so no address becomes an object name).
-//! Both are checked before the gateway is asked; either one at its limit answers 429
-//! `too_many_attempts` with `Retry-After`, even for the right password. A failure records in
-//! both; a success resets the account's counter only (resetting the IP's would let an attacker
-//! clear it by logging into an account of their own). If the limiter cannot answer, login fails
-//! closed (503). The window is `RateLimitPolicy::LOGIN_FAILURES_PER_*`, 15 minutes, unless the
-//! `LOGIN_FAILURE_WINDOW_SECS` var overrides it (operators, and the tests, which cannot wait 15
-//! minutes to see a lock lift).
+//! # Brute force: what is counted, and when
+//! Failed logins are counted in `RateLimiter` Durable Objects (`crate::limits`). A slot is
+//! *taken* before the password check, in one atomic limiter call per budget (check and record
+//! together), never checked before and recorded after: with check-then-record, 30 concurrent
+//! wrong passwords all passed the check before any was recorded. So what a budget counts is
+//! attempts whose outcome is a failure or not known yet: a login that turns out right gives its
+//! own slot back (`release`, naming the slot's time), one that fails keeps it, and so does one
+//! that errors (an outcome nobody saw is counted, failing closed). A budget at its limit answers
+//! 429 `too_many_attempts` with `Retry-After` before the password is looked at, even for the right
+//! password; a refused attempt gives back whatever it had taken already. If the limiter cannot
+//! answer, login fails closed (503). Registration takes a slot of `REGISTRATIONS_PER_IP` before
+//! its insert the same way, and never gives it back (see above). The windows are
+//! `RateLimitPolicy::LOGIN_FAILURES_PER_*`, 15 minutes, unless `LOGIN_FAILURE_WINDOW_SECS`
+//! overrides them (operators, and the tests, which cannot wait 15 minutes to see a lock lift).
+//! Per-address budgets key on the client's network (`callmeback_domain::network`): an IPv4
+//! address, or an IPv6 /64, since one subscriber holds a whole /64.
+//!
+//! # Lockout that strangers cannot impose: device tokens
+//! An account-wide failure limit alone lets anyone lock any account: ten wrong passwords every 15
+//! minutes, from anywhere, and the owner's right password answers 429. So budgets follow OWASP's
+//! device cookies (Authentication Cheat Sheet, "Slow Down Online Guessing Attacks with Device
+//! Cookies"):
+//! - Every successful login (and registration) answers with a `device_token`: the account
+//!   (`callmeback_auth::account_ref`, a hash of the email) and a random device id (`dev_…`),
+//!   signed with the session keyring under a derived key, valid for 90 days and re-issued (same
+//!   device id) on every success. The API is used from apps with bearer tokens, not cookies, so
+//!   the token travels in the JSON body and comes back in the `X-Device-Token` request header.
+//! - A login carrying a valid device token *for the account it tries* draws only on that
+//!   device's own budget, `(account, device)`, 10 failures per window. It is not refused because
+//!   of failures made elsewhere (neither the account's shared budget nor the network's), and
+//!   its failures touch no one else's. A success forgets the device's failures (whoever
+//!   succeeded knows the password).
+//! - Any other login (no token, or a malformed, forged, expired or other account's token, which
+//!   is ignored as if absent) is *untrusted*: it takes a slot from its network's budget (10 per
+//!   window, across accounts), then from the account's shared untrusted budget (10 per window).
+//!   A success gives back its own slots only: the failures strangers made stay counted, so the
+//!   owner logging in does not hand an attacker a fresh budget.
+//!
+//! What it costs an attacker: without a device token of the account, at most 10 guesses per
+//! account per window from all their addresses together, and 10 per window per IPv4 address or
+//! IPv6 /64 across accounts; the owner's known devices keep working throughout, and only new
+//! devices (or ones whose token expired) wait out a lockout. A device token cannot be forged (an
+//! HMAC under the session keys), is bound to one account (useless for spraying others), and is
+//! issued only after the right password, so getting one means already knowing the password or
+//! stealing it from the owner's device; a stolen one buys 10 guesses per window for that one
+//! account, and a fresh untrusted budget is not gained by logging in.
 //!
 //! # Sessions
-//! A token lives [`TOKEN_TTL_SECS`]. Logout puts its `jti` in `token_blacklist` until its `exp`,
-//! in the same gateway batch as the session check and the audit row, and every authenticated
-//! route's batch starts with that check, so the token is refused on its very next use. Roles in
+//! A token lives [`TOKEN_TTL_SECS`]. Logout puts its `jti` in `token_blacklist`, in the same
+//! gateway batch as the session check and the audit row, and every authenticated route's batch
+//! starts with that check, so the token is refused on its very next use. The row is kept until
+//! `exp + CLOCK_SKEW_LEEWAY_SECS`, the last instant the verifier would still accept the token,
+//! and the check matches the row whatever its expiry (only the purge, an hour later, removes it),
+//! so a revocation outlives every token it revokes. Roles in
 //! tokens are a hint; admin routes confirm the role in the database (`auth.require_admin`), so a
 //! demoted admin loses access at once, and a promoted user signs in again to get an admin token.
 //!
@@ -42,24 +81,25 @@
 
 use std::str::FromStr as _;
 
-use callmeback_auth::{Role, SessionClaims, TOKEN_TTL_SECS};
+use callmeback_auth::{CLOCK_SKEW_LEEWAY_SECS, Role, SessionClaims, TOKEN_TTL_SECS, account_ref};
 use callmeback_domain::ids::prefix;
 use callmeback_domain::{
-    BudgetSettings, Decision, Email, FieldError, FieldErrors, Name, Password, PhoneE164,
-    RateLimitPolicy, Tier, ValidationError, new_id,
+    BudgetSettings, Email, FieldError, FieldErrors, Name, Password, PhoneE164, RateLimitPolicy,
+    Take, Tier, ValidationError, new_id,
 };
 use callmeback_gateway_api::ops::accounts;
 use callmeback_gateway_api::{OpCall, codes};
-use futures_util::future::join;
+use futures_util::future::join_all;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use worker::{Method, Response};
 
 use super::{Access, RouteDef, RouteRequest, Service, json_response, random_16};
+use crate::config::LoginLimits;
 use crate::ctx::{RequestCtx, read_json};
 use crate::error::ApiError;
 use crate::gateway::GatewayError;
-use crate::limits::{LimitKey, Limiter};
+use crate::limits::{LimitKey, Limiter, LimiterError};
 use crate::session::{Session, authed_batch, authed_call};
 use crate::{rows, time};
 
@@ -120,6 +160,9 @@ pub(super) async fn handle(route: &RouteDef, request: RouteRequest) -> Result<Re
 
 /// Longest password the gateway accepts (bytes); anything longer cannot be anyone's password.
 const MAX_PASSWORD_BYTES: usize = 1024;
+/// The request header a client sends its device token in (returned as `device_token` by login
+/// and register).
+pub(crate) const DEVICE_TOKEN_HEADER: &str = "x-device-token";
 /// Longest user id accepted from a path (the column's own limit).
 const MAX_USER_ID_LEN: usize = 255;
 
@@ -222,22 +265,23 @@ async fn register(mut request: RouteRequest) -> Result<Response, ApiError> {
     let account = validate_registration(body).map_err(ApiError::validation_failed)?;
     let ctx = &request.ctx;
     let limiter = Limiter::from_env(&ctx.env)?;
+    // The slot is taken before the insert, in one limiter call: concurrent registrations from one
+    // network cannot all pass a check and record afterwards. Every attempt that gets a slot
+    // counts, created or not (probing for taken emails is rate-bound too), so nothing is given
+    // back.
     let ip_key = LimitKey::register_ip(&ctx.client_ip);
-    let policy = RateLimitPolicy::REGISTRATIONS_PER_IP;
-    refuse_if_limited(limiter.check(&ip_key, policy).await?)?;
+    if let Take::Limited { retry_after_secs } = limiter
+        .take(&ip_key, RateLimitPolicy::REGISTRATIONS_PER_IP)
+        .await?
+    {
+        return Err(too_many_attempts(retry_after_secs));
+    }
 
     let user_id = new_id(prefix::USER, random_16()?);
     let outcome = ctx
         .gateway()?
         .batch(registration_ops(&user_id, &account, &ctx.client_ip))
         .await;
-    // Every attempt that reached the database counts, created or not.
-    if let Err(error) = limiter.record(&ip_key, policy).await {
-        worker::console_error!(
-            "request {}: registration not counted: {error}",
-            ctx.request_id
-        );
-    }
     let results = match outcome {
         Ok(response) => response.results,
         Err(GatewayError::Rejected {
@@ -252,7 +296,15 @@ async fn register(mut request: RouteRequest) -> Result<Response, ApiError> {
         .next()
         .ok_or_else(ApiError::internal)
         .and_then(rows::into_first_row)?;
-    session_response(ctx, 201, &user)
+    // The device that chose the password is trusted from the start.
+    let device_id = new_id(prefix::DEVICE, random_16()?);
+    session_response(
+        ctx,
+        201,
+        &user,
+        account_ref(account.email.as_str()),
+        &device_id,
+    )
 }
 
 fn registration_failed() -> ApiError {
@@ -303,21 +355,25 @@ fn login_credentials(body: LoginBody) -> Result<Credentials, FieldErrors> {
 }
 
 async fn login(mut request: RouteRequest) -> Result<Response, ApiError> {
+    let device_header = request
+        .req
+        .headers()
+        .get(DEVICE_TOKEN_HEADER)
+        .ok()
+        .flatten();
     let body: LoginBody = read_json(&mut request.req).await?;
     let credentials = login_credentials(body).map_err(ApiError::validation_failed)?;
     let ctx = &request.ctx;
+    let account = account_ref(&credentials.email);
+    let trusted = trusted_device(ctx, device_header.as_deref(), &account)?;
     let limiter = Limiter::from_env(&ctx.env)?;
-    let ip_policy = ctx.config.login.per_ip;
-    let account_policy = ctx.config.login.per_account;
-    let ip_key = LimitKey::login_ip(&ctx.client_ip);
-    let account_key = LimitKey::login_account(&credentials.email);
-
-    let (by_ip, by_account) = join(
-        limiter.check(&ip_key, ip_policy),
-        limiter.check(&account_key, account_policy),
-    )
-    .await;
-    refuse_if_limited_any(by_ip?, by_account?)?;
+    let budget = LoginBudget::new(
+        &ctx.config.login,
+        &ctx.client_ip,
+        &account,
+        trusted.as_deref(),
+    );
+    let slots = budget.take(&limiter).await?;
 
     let verified = if credentials.password.len() > MAX_PASSWORD_BYTES {
         // No stored password can be this long; the gateway would refuse to hash it.
@@ -327,30 +383,167 @@ async fn login(mut request: RouteRequest) -> Result<Response, ApiError> {
         match ctx.gateway()?.call(&attempt).await {
             Ok(result) => Some(result),
             Err(GatewayError::Rejected { code, .. }) if code == codes::PRECONDITION_FAILED => None,
+            // The slots stay taken: an attempt whose outcome is unknown counts as a failure.
             Err(other) => return Err(other.into()),
         }
     };
-
+    // A failure keeps its slots: they are the failure count.
     let Some(result) = verified else {
-        let (ip_recorded, account_recorded) = join(
-            limiter.record(&ip_key, ip_policy),
-            limiter.record(&account_key, account_policy),
-        )
-        .await;
-        if ip_recorded.is_err() || account_recorded.is_err() {
-            worker::console_error!("request {}: a failed login was not counted", ctx.request_id);
-        }
         return Err(invalid_credentials());
     };
-    if let Err(error) = limiter.reset(&account_key, account_policy).await {
-        // The counter then lifts at the end of its window; the login itself is fine.
+    if let Err(error) = budget.succeeded(&limiter, &slots).await {
+        // The slots then leave at the end of their window; the login itself is fine.
         worker::console_error!(
-            "request {}: the account's failure counter was not reset: {error}",
+            "request {}: a successful login's limiter slots were not given back: {error}",
             ctx.request_id
         );
     }
     let user = rows::into_first_row(result)?;
-    session_response(ctx, 200, &user)
+    let device_id = match trusted {
+        Some(device_id) => device_id,
+        None => new_id(prefix::DEVICE, random_16()?),
+    };
+    session_response(ctx, 200, &user, account, &device_id)
+}
+
+/// The device id of a valid device token for `account`, if the request carries one. Any other
+/// token (malformed, forged, expired, or for another account) makes the device untrusted, as if
+/// it had sent none; the reason is logged, never the token.
+fn trusted_device(
+    ctx: &RequestCtx,
+    header: Option<&str>,
+    account: &str,
+) -> Result<Option<String>, ApiError> {
+    let Some(token) = header.map(str::trim).filter(|token| !token.is_empty()) else {
+        return Ok(None);
+    };
+    match ctx
+        .config
+        .jwt
+        .get()?
+        .verify_device_token(token, ctx.now_secs())
+    {
+        Ok(device) if device.account == account => Ok(Some(device.device_id)),
+        Ok(_) => {
+            worker::console_log!(
+                "request {}: device token for another account ignored",
+                ctx.request_id
+            );
+            Ok(None)
+        }
+        Err(reason) => {
+            worker::console_log!(
+                "request {}: device token ignored ({})",
+                ctx.request_id,
+                reason.code()
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// Which failure budgets a login attempt draws on (see the module docs).
+#[derive(Debug, Clone, PartialEq)]
+enum LoginBudget {
+    /// A device the account trusts: its own (account, device) budget only.
+    Trusted {
+        device: LimitKey,
+        policy: RateLimitPolicy,
+    },
+    /// Any other device: the client network's budget, then the account's shared budget.
+    Untrusted {
+        ip: (LimitKey, RateLimitPolicy),
+        account: (LimitKey, RateLimitPolicy),
+    },
+}
+
+/// A limiter slot this attempt holds.
+#[derive(Debug, Clone, PartialEq)]
+struct Slot {
+    key: LimitKey,
+    policy: RateLimitPolicy,
+    at: u64,
+}
+
+impl LoginBudget {
+    fn new(
+        limits: &LoginLimits,
+        client_ip: &str,
+        account: &str,
+        trusted_device: Option<&str>,
+    ) -> Self {
+        match trusted_device {
+            Some(device_id) => Self::Trusted {
+                device: LimitKey::login_device(account, device_id),
+                policy: limits.per_device,
+            },
+            None => Self::Untrusted {
+                ip: (LimitKey::login_ip(client_ip), limits.per_ip),
+                account: (LimitKey::login_account(account), limits.per_account),
+            },
+        }
+    }
+
+    /// Takes one slot from every budget, each in one atomic limiter call, before the password is
+    /// checked; 429 when any budget is spent (nothing stays taken then). The network's slot is
+    /// taken before the account's, so a burst from one network is cut at the network's limit
+    /// before it reaches the account, and a burst at one account from many networks is cut at
+    /// the account's.
+    async fn take(&self, limiter: &Limiter) -> Result<Vec<Slot>, ApiError> {
+        let budgets: Vec<(&LimitKey, RateLimitPolicy)> = match self {
+            Self::Trusted { device, policy } => vec![(device, *policy)],
+            Self::Untrusted { ip, account } => vec![(&ip.0, ip.1), (&account.0, account.1)],
+        };
+        let mut slots = Vec::with_capacity(budgets.len());
+        for (key, policy) in budgets {
+            match limiter.take(key, policy).await {
+                Ok(Take::Taken { at, .. }) => slots.push(Slot {
+                    key: key.clone(),
+                    policy,
+                    at,
+                }),
+                outcome => {
+                    // Give back what this attempt took; a failure to do so only means the slot
+                    // leaves at the end of its window.
+                    if let Err(error) = release_all(limiter, &slots).await {
+                        worker::console_error!(
+                            "a refused login's slots were not given back: {error}"
+                        );
+                    }
+                    return Err(match outcome {
+                        Ok(Take::Limited { retry_after_secs }) => {
+                            too_many_attempts(retry_after_secs)
+                        }
+                        Ok(Take::Taken { .. }) => ApiError::internal(),
+                        Err(error) => error.into(),
+                    });
+                }
+            }
+        }
+        Ok(slots)
+    }
+
+    /// After the right password: an untrusted attempt gives its own slots back (a success is not
+    /// a failure, but the failures others made stay counted); a trusted device's failures are
+    /// forgotten, since they were made by someone who has now proved the password.
+    async fn succeeded(&self, limiter: &Limiter, slots: &[Slot]) -> Result<(), LimiterError> {
+        match self {
+            Self::Trusted { device, policy } => limiter.reset(device, *policy).await.map(|_| ()),
+            Self::Untrusted { .. } => release_all(limiter, slots).await,
+        }
+    }
+}
+
+async fn release_all(limiter: &Limiter, slots: &[Slot]) -> Result<(), LimiterError> {
+    let released = join_all(
+        slots
+            .iter()
+            .map(|slot| limiter.release(&slot.key, slot.policy, slot.at)),
+    )
+    .await;
+    released
+        .into_iter()
+        .try_for_each(|result| result.map(|_| ()))
 }
 
 fn invalid_credentials() -> ApiError {
@@ -466,13 +659,17 @@ fn login_op(credentials: &Credentials, ip: &str) -> OpCall {
         .param("ip", ip)
 }
 
-/// Revokes the session's token until it would have expired, with the audit row.
+/// Revokes the session's token for as long as any verifier could accept it (its `exp` plus the
+/// clock-skew leeway), with the audit row.
 fn logout_ops(session: &Session, ip: &str) -> Vec<OpCall> {
     vec![
         OpCall::of(&accounts::REVOKE_TOKEN)
             .param("jti", session.claims.jti.as_str())
             .param("user_id", session.user_id())
-            .param("expires_at_unix", session.expires_at),
+            .param(
+                "expires_at_unix",
+                session.expires_at.saturating_add(CLOCK_SKEW_LEEWAY_SECS),
+            ),
         audit_op("logout", Some(session.user_id()), ip),
     ]
 }
@@ -509,11 +706,14 @@ fn user_json(row: &Map<String, Value>) -> Value {
     Value::Object(user)
 }
 
-/// Issues a session token for the user row and answers `{token, token_type, expires_at, user}`.
+/// Issues a session token for the user row and a device token for the device, and answers
+/// `{token, token_type, expires_at, device_token, user}`.
 fn session_response(
     ctx: &RequestCtx,
     status: u16,
     user: &Map<String, Value>,
+    account: String,
+    device_id: &str,
 ) -> Result<Response, ApiError> {
     let text = |field: &str| rows::text(user, field).map(str::to_owned);
     let role = Role::from_str(&text("role")?).map_err(|_| {
@@ -527,38 +727,19 @@ fn session_response(
         role,
     };
     let now = ctx.now_secs();
-    let token = ctx.config.jwt.get()?.issue(&claims, now);
+    let keyring = ctx.config.jwt.get()?;
+    let token = keyring.issue(&claims, now);
+    let device_token = keyring.issue_device_token(&account, device_id, now);
     json_response(
         status,
         &json!({
             "token": token,
             "token_type": "Bearer",
             "expires_at": time::rfc3339_millis(now + TOKEN_TTL_SECS),
+            "device_token": device_token,
             "user": user_json(user),
         }),
     )
-}
-
-fn refuse_if_limited(decision: Decision) -> Result<(), ApiError> {
-    match decision {
-        Decision::Allowed { .. } => Ok(()),
-        Decision::Limited { retry_after_secs } => Err(too_many_attempts(retry_after_secs)),
-    }
-}
-
-/// Refuses if either limiter is at its limit, with the longer wait.
-fn refuse_if_limited_any(first: Decision, second: Decision) -> Result<(), ApiError> {
-    let wait = [first, second]
-        .into_iter()
-        .filter_map(|decision| match decision {
-            Decision::Limited { retry_after_secs } => Some(retry_after_secs),
-            Decision::Allowed { .. } => None,
-        })
-        .max();
-    match wait {
-        Some(secs) => Err(too_many_attempts(secs)),
-        None => Ok(()),
-    }
 }
 
 fn too_many_attempts(retry_after_secs: u64) -> ApiError {
@@ -691,20 +872,30 @@ mod tests {
     }
 
     #[test]
-    fn the_longer_wait_wins() {
-        let allowed = Decision::Allowed { remaining: 3 };
-        assert!(refuse_if_limited_any(allowed, allowed).is_ok());
-        let error = refuse_if_limited_any(
-            Decision::Limited {
-                retry_after_secs: 30,
+    fn trusted_devices_draw_on_their_own_budget_only() {
+        let limits = LoginLimits {
+            per_ip: RateLimitPolicy::LOGIN_FAILURES_PER_IP,
+            per_account: RateLimitPolicy::LOGIN_FAILURES_PER_ACCOUNT,
+            per_device: RateLimitPolicy {
+                max_events: 7,
+                window_secs: 60,
             },
-            Decision::Limited {
-                retry_after_secs: 90,
-            },
-        )
-        .unwrap_err();
-        assert_eq!((error.status, error.code), (429, "too_many_attempts"));
-        assert_eq!(error.retry_after, Some(90));
+        };
+        let account = account_ref("ada@example.com");
+        assert_eq!(
+            LoginBudget::new(&limits, "2001:db8::1", &account, Some("dev_1")),
+            LoginBudget::Trusted {
+                device: LimitKey::login_device(&account, "dev_1"),
+                policy: limits.per_device,
+            }
+        );
+        assert_eq!(
+            LoginBudget::new(&limits, "2001:db8::1", &account, None),
+            LoginBudget::Untrusted {
+                ip: (LimitKey::login_ip("2001:db8::ffff"), limits.per_ip),
+                account: (LimitKey::login_account(&account), limits.per_account),
+            }
+        );
     }
 
     #[test]

@@ -162,6 +162,15 @@ pub fn resolve(method: &Method, path: &str) -> Result<(&'static RouteDef, PathPa
     })
 }
 
+/// The answer for a method the API does not route: 405 on a known path, 404 elsewhere.
+fn unroutable(path: &str) -> ApiError {
+    if all_routes().any(|route| match_path(route.path, path).is_some()) {
+        ApiError::method_not_allowed()
+    } else {
+        ApiError::not_found()
+    }
+}
+
 /// What a handler receives.
 #[derive(Debug)]
 pub struct RouteRequest {
@@ -179,18 +188,38 @@ impl RouteRequest {
     }
 }
 
+/// The request's method exactly as sent, if it is one the API can route. workers-rs maps any
+/// method it does not know to `GET` (`Method::from(String)`), so `PROPFIND /api/auth/me` used to run
+/// as a `GET`; the runtime's own string is read instead, and matching is exact (methods are
+/// case-sensitive, RFC 9110 §9.1). `None` answers 405 on a known path, else 404.
+///
+/// (`CONNECT` never gets here: workerd refuses an incoming CONNECT before any handler runs.)
+pub fn routable_method(raw: &str) -> Option<Method> {
+    Some(match raw {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        "POST" => Method::Post,
+        "PUT" => Method::Put,
+        "PATCH" => Method::Patch,
+        "DELETE" => Method::Delete,
+        "OPTIONS" => Method::Options,
+        _ => return None,
+    })
+}
+
 /// Routes a request to its handler and renders any error as JSON.
 pub async fn dispatch(req: Request, env: Env, request_id: String) -> Response {
     let ctx = RequestCtx::new(env, &req, request_id);
     let origin = req.headers().get("origin").ok().flatten();
     let config = Rc::clone(&ctx.config);
-    if req.method() == Method::Options {
+    let method = routable_method(&req.inner().method());
+    if method == Some(Method::Options) {
         return config
             .cors
             .preflight(origin.as_deref())
             .unwrap_or_else(|error| ApiError::from(error).into_response());
     }
-    let response = match route(req, ctx).await {
+    let response = match route(method, req, ctx).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     };
@@ -198,8 +227,15 @@ pub async fn dispatch(req: Request, env: Env, request_id: String) -> Response {
     response
 }
 
-async fn route(req: Request, ctx: RequestCtx) -> Result<Response, ApiError> {
-    let (route, params) = resolve(&req.method(), &req.path())?;
+async fn route(
+    method: Option<Method>,
+    req: Request,
+    ctx: RequestCtx,
+) -> Result<Response, ApiError> {
+    let (route, params) = match method {
+        Some(method) => resolve(&method, &req.path())?,
+        None => return Err(unroutable(&req.path())),
+    };
     let session = match route.access {
         Access::Public => None,
         Access::User | Access::Admin => Some(session::authenticate(&ctx, &req, route.access)?),
@@ -277,6 +313,20 @@ mod tests {
             resolve(&Method::Get, "/health").expect("route").0.name,
             "health"
         );
+    }
+
+    #[test]
+    fn only_methods_sent_exactly_are_routed() {
+        assert_eq!(routable_method("GET"), Some(Method::Get));
+        assert_eq!(routable_method("DELETE"), Some(Method::Delete));
+        for other in [
+            "get", "Get", "PROPFIND", "TRACE", "CONNECT", "QUERY", "", "GET ",
+        ] {
+            assert_eq!(routable_method(other), None, "{other:?}");
+        }
+        assert_eq!(unroutable("/api/personas").code, "method_not_allowed");
+        assert_eq!(unroutable("/api/personas/brad").status, 405);
+        assert_eq!(unroutable("/nope").code, "not_found");
     }
 
     #[test]

@@ -62,13 +62,14 @@ pub static GET_USER: OpSpec = OpSpec::new(
     &[ParamSpec::required("user_id", ParamType::Text)],
 );
 
-/// Revokes a session token (its `jti`) until it expires.
+/// Revokes a session token (its `jti`); `auth.session_check` refuses it while the row exists.
 pub static REVOKE_TOKEN: OpSpec = OpSpec::new(
     "accounts.revoke_token",
     &[
         ParamSpec::required("jti", ParamType::Text),
         ParamSpec::required("user_id", ParamType::Text),
-        // The token's `exp` in unix seconds: after it the row is useless.
+        // The last instant any verifier accepts the token (its `exp` plus the clock-skew
+        // leeway), unix seconds; the purge removes the row an hour after it.
         ParamSpec::required("expires_at_unix", ParamType::Int8),
     ],
 );

@@ -80,7 +80,15 @@ pub static WEBHOOKS_RECORD_EVENT: OpSpec = OpSpec::new(
     ],
 );
 
-/// A paid subscription invoice: sets tier, status and limits and adds the monthly credits.
+/// A paid subscription invoice for one billing period. Two effects, each decided from the
+/// subscription's own history (`stripe_subscriptions`), not from arrival order:
+/// - the period's monthly credits, at most once per (subscription, `period_start`);
+/// - tier, status and limits, only when the invoice is newer than the subscription's latest known
+///   state (a later period, or the same period from a later event; never for a subscription that
+///   ended, unless the period starts at or after its end).
+///
+/// One row `{user_id, refilled, activated, transaction_id, available_credits}`;
+/// `precondition_failed` when no user can be found for the subscription.
 pub static SUBSCRIPTIONS_REFILL: OpSpec = OpSpec::new(
     "subscriptions.refill",
     &[
@@ -91,14 +99,19 @@ pub static SUBSCRIPTIONS_REFILL: OpSpec = OpSpec::new(
         ParamSpec::required("monthly_credits", ParamType::Int4),
         ParamSpec::optional("max_calls_per_day", ParamType::Int4),
         ParamSpec::required("max_call_seconds", ParamType::Int4),
-        ParamSpec::optional("period_start", ParamType::Timestamptz),
-        ParamSpec::optional("period_end", ParamType::Timestamptz),
+        ParamSpec::required("period_start", ParamType::Timestamptz),
+        ParamSpec::required("period_end", ParamType::Timestamptz),
         ParamSpec::required("transaction_id", ParamType::Text),
         ParamSpec::optional("description", ParamType::Text),
+        // Stripe's `created` of the event.
+        ParamSpec::required("event_created", ParamType::Timestamptz),
     ],
 );
 
-/// A subscription ended: back to the tier and limits the caller passes (free).
+/// A subscription ended: back to the tier and limits the caller passes (free), unless the
+/// subscription's known state is newer (a paid period that starts after `ended_at`), it ended
+/// already, or the user has since moved to another subscription. One row `{user_id, ended}`;
+/// `precondition_failed` when no user can be found for it.
 pub static SUBSCRIPTIONS_END: OpSpec = OpSpec::new(
     "subscriptions.end",
     &[
@@ -109,7 +122,8 @@ pub static SUBSCRIPTIONS_END: OpSpec = OpSpec::new(
         ParamSpec::required("monthly_credits", ParamType::Int4),
         ParamSpec::optional("max_calls_per_day", ParamType::Int4),
         ParamSpec::required("max_call_seconds", ParamType::Int4),
-        ParamSpec::optional("ended_at", ParamType::Timestamptz),
+        ParamSpec::required("ended_at", ParamType::Timestamptz),
+        ParamSpec::required("event_created", ParamType::Timestamptz),
     ],
 );
 

@@ -10,7 +10,12 @@
 //! nothing.
 //!
 //! Which events are acted on, and the metadata contract the checkout code must follow, is
-//! `callmeback_domain::stripe_events`. Other event types answer 200 `{received: true, ignored:
+//! `callmeback_domain::stripe_events`. Events whose `livemode` is not this deployment's
+//! (`STRIPE_LIVEMODE`, default `false`) answer 200 `{received: true, ignored: true, reason:
+//! "livemode_mismatch"}`. Subscription events are applied against the subscription's own history
+//! (see `subscriptions.refill` and `subscriptions.end` in the gateway), so arrival order does not
+//! matter: one that is older than what is known, or repeats it, changes nothing and answers 200
+//! `{received: true, ignored: true, reason: "stale_event"}`. Other event types answer 200 `{received: true, ignored:
 //! true}`. So do acted-on events that cannot be applied (no such user, metadata missing or
 //! invalid, a subscription checkout whose invoice does the work): Stripe would otherwise retry them
 //! for days, and a retry cannot fix them. They are logged with the event id and a reason (never
@@ -46,7 +51,8 @@ pub(super) async fn webhook(mut request: RouteRequest) -> Result<Response, ApiEr
         .ok()
         .flatten()
         .ok_or_else(invalid_signature)?;
-    let secrets = ctx.config.stripe.get()?.webhook_secrets();
+    let stripe = ctx.config.stripe.get()?;
+    let secrets = stripe.webhook_secrets();
 
     let body = read_body(&mut request.req, MAX_WEBHOOK_BYTES).await?;
 
@@ -74,7 +80,7 @@ pub(super) async fn webhook(mut request: RouteRequest) -> Result<Response, ApiEr
 
     let event = parse_stripe_event(&body)
         .map_err(|error| ApiError::bad_request(error.code(), error.to_string()))?;
-    let action = plan_stripe_event(&event);
+    let action = plan_stripe_event(&event, stripe.livemode);
     if let StripeAction::Ignore { reason } = action {
         worker::console_log!(
             "request {}: stripe event {} ({}) ignored: {reason}",
@@ -109,12 +115,31 @@ pub(super) async fn webhook(mut request: RouteRequest) -> Result<Response, ApiEr
                 );
                 return json_response(200, &json!({"received": true, "duplicate": true}));
             }
-            worker::console_log!(
-                "request {}: stripe event {} ({}) applied",
-                ctx.request_id,
-                event.id,
-                event.kind
-            );
+            let outcome = effect
+                .and_then(|result| result.first())
+                .map(subscription_outcome)
+                .unwrap_or_default();
+            if let Some(outcome) = outcome {
+                worker::console_log!(
+                    "request {}: stripe event {} ({}): {outcome}",
+                    ctx.request_id,
+                    event.id,
+                    event.kind
+                );
+                if outcome == SubscriptionOutcome::Nothing {
+                    return json_response(
+                        200,
+                        &json!({"received": true, "ignored": true, "reason": "stale_event"}),
+                    );
+                }
+            } else {
+                worker::console_log!(
+                    "request {}: stripe event {} ({}) applied",
+                    ctx.request_id,
+                    event.id,
+                    event.kind
+                );
+            }
             json_response(200, &json!({"received": true}))
         }
         Err(error) => match webhook_failure(&action, &error) {
@@ -133,6 +158,52 @@ pub(super) async fn webhook(mut request: RouteRequest) -> Result<Response, ApiEr
             None => Err(ApiError::from(error)),
         },
     }
+}
+
+/// What a subscription event did, from the row `subscriptions.refill` / `subscriptions.end`
+/// answer with (`None` for other effects).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SubscriptionOutcome {
+    /// The period's credits were added and the subscription moved to this invoice.
+    RefilledAndActivated,
+    /// The period's credits were added; the subscription already knew something newer (or had
+    /// ended), so tier and limits stayed.
+    RefilledOnly,
+    /// The subscription moved to this invoice; the period had been refilled already.
+    ActivatedOnly,
+    /// The subscription ended and the user is back on the free tier.
+    Ended,
+    /// Older than what is known (or a repeat): nothing changed.
+    Nothing,
+}
+
+impl std::fmt::Display for SubscriptionOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::RefilledAndActivated => "period refilled, subscription updated",
+            Self::RefilledOnly => "period refilled, subscription state kept (newer state known)",
+            Self::ActivatedOnly => "subscription updated, period already refilled",
+            Self::Ended => "subscription ended",
+            Self::Nothing => "older than the subscription's known state: nothing changed",
+        })
+    }
+}
+
+fn subscription_outcome(row: &serde_json::Map<String, Value>) -> Option<SubscriptionOutcome> {
+    let flag = |name: &str| row.get(name).and_then(Value::as_bool);
+    if let Some(ended) = flag("ended") {
+        return Some(if ended {
+            SubscriptionOutcome::Ended
+        } else {
+            SubscriptionOutcome::Nothing
+        });
+    }
+    Some(match (flag("refilled")?, flag("activated")?) {
+        (true, true) => SubscriptionOutcome::RefilledAndActivated,
+        (true, false) => SubscriptionOutcome::RefilledOnly,
+        (false, true) => SubscriptionOutcome::ActivatedOnly,
+        (false, false) => SubscriptionOutcome::Nothing,
+    })
 }
 
 /// How a refused webhook batch is answered when it is not a real failure: a replayed event id
@@ -188,11 +259,12 @@ fn action_ops(event: &StripeEvent, action: &StripeAction, random: [u8; 16]) -> O
             customer_id,
             subscription_id,
             tier,
-            period,
+            period: (start, end),
+            event_created,
         } => {
             let limits = tier.limits();
             let monthly = limits.monthly_credits.unwrap_or(0);
-            let mut op = OpCall::of(&billing::SUBSCRIPTIONS_REFILL)
+            OpCall::of(&billing::SUBSCRIPTIONS_REFILL)
                 .param("user_id", user_id.clone())
                 .param("stripe_customer_id", customer_id.clone())
                 .param("subscription_id", subscription_id.as_str())
@@ -204,19 +276,17 @@ fn action_ops(event: &StripeEvent, action: &StripeAction, random: [u8; 16]) -> O
                 .param(
                     "description",
                     format!("{tier} subscription: {monthly} monthly credits"),
-                );
-            if let Some((start, end)) = period
-                && let (Some(start), Some(end)) = (rfc3339_secs(*start), rfc3339_secs(*end))
-            {
-                op = op.param("period_start", start).param("period_end", end);
-            }
-            op
+                )
+                .param("period_start", rfc3339_secs(*start)?)
+                .param("period_end", rfc3339_secs(*end)?)
+                .param("event_created", rfc3339_secs(*event_created)?)
         }
         StripeAction::SubscriptionEnded {
             user_id,
             customer_id,
             subscription_id,
             ended_at,
+            event_created,
         } => {
             let free = Tier::Free;
             let limits = free.limits();
@@ -228,7 +298,8 @@ fn action_ops(event: &StripeEvent, action: &StripeAction, random: [u8; 16]) -> O
                 .param("monthly_credits", limits.monthly_credits.unwrap_or(0))
                 .param("max_calls_per_day", limits.calls_per_day)
                 .param("max_call_seconds", limits.max_call_seconds)
-                .param("ended_at", ended_at.and_then(rfc3339_secs))
+                .param("ended_at", rfc3339_secs(*ended_at)?)
+                .param("event_created", rfc3339_secs(*event_created)?)
         }
     };
     Some(vec![record, effect])
@@ -260,7 +331,8 @@ mod tests {
             customer_id: Some("cus_1".into()),
             subscription_id: "sub_1".into(),
             tier: Tier::Basic,
-            period: Some((0, 86_400 * 31)),
+            period: (0, 86_400 * 31),
+            event_created: 86_400,
         };
         let source = event("invoice.paid", json!({}));
         let ops = action_ops(&source, &paid, [7; 16]).expect("ops");
@@ -273,6 +345,7 @@ mod tests {
         assert_eq!(params["max_call_seconds"], 600);
         assert_eq!(params["period_start"], "1970-01-01T00:00:00Z");
         assert_eq!(params["period_end"], "1970-02-01T00:00:00Z");
+        assert_eq!(params["event_created"], "1970-01-02T00:00:00Z");
         assert!(
             params["transaction_id"]
                 .as_str()
@@ -284,26 +357,50 @@ mod tests {
             customer_id: Some("cus_1".into()),
             subscription_id: "sub_1".into(),
             tier: Tier::Unlimited,
-            period: None,
+            period: (0, 10),
+            event_created: 5,
         };
         let ops = action_ops(&source, &unlimited, [7; 16]).expect("ops");
         assert_eq!(ops[1].params["monthly_credits"], 0);
         assert_eq!(ops[1].params["max_calls_per_day"], Value::Null);
-        assert!(!ops[1].params.contains_key("period_start"));
 
         let ended = StripeAction::SubscriptionEnded {
             user_id: None,
             customer_id: None,
             subscription_id: "sub_1".into(),
-            ended_at: Some(1_700_000_000),
+            ended_at: 1_700_000_000,
+            event_created: 1_700_000_001,
         };
         let ops = action_ops(&source, &ended, [7; 16]).expect("ops");
         assert_eq!(ops[1].params["tier"], "free");
         assert_eq!(ops[1].params["max_calls_per_day"], 3);
         assert_eq!(ops[1].params["max_call_seconds"], 300);
         assert_eq!(ops[1].params["ended_at"], "2023-11-14T22:13:20Z");
+        assert_eq!(ops[1].params["event_created"], "2023-11-14T22:13:21Z");
 
         assert!(action_ops(&source, &ignore("x"), [7; 16]).is_none());
+    }
+
+    #[test]
+    fn subscription_rows_say_what_happened() {
+        let row = |value: Value| value.as_object().cloned().unwrap();
+        assert_eq!(
+            subscription_outcome(&row(json!({"refilled": true, "activated": false}))),
+            Some(SubscriptionOutcome::RefilledOnly)
+        );
+        assert_eq!(
+            subscription_outcome(&row(json!({"refilled": false, "activated": false}))),
+            Some(SubscriptionOutcome::Nothing)
+        );
+        assert_eq!(
+            subscription_outcome(&row(json!({"user_id": "usr_1", "ended": false}))),
+            Some(SubscriptionOutcome::Nothing)
+        );
+        assert_eq!(
+            subscription_outcome(&row(json!({"ended": true}))),
+            Some(SubscriptionOutcome::Ended)
+        );
+        assert_eq!(subscription_outcome(&row(json!({"id": "txn_1"}))), None);
     }
 
     #[test]
@@ -356,13 +453,15 @@ mod tests {
                 customer_id: None,
                 subscription_id: "sub_1".into(),
                 tier: Tier::Premium,
-                period: Some((0, 86_400)),
+                period: (0, 86_400),
+                event_created: 1,
             },
             StripeAction::SubscriptionEnded {
                 user_id: None,
                 customer_id: Some("cus_1".into()),
                 subscription_id: "sub_1".into(),
-                ended_at: None,
+                ended_at: 2,
+                event_created: 2,
             },
         ];
         for action in &actions {
