@@ -62,7 +62,11 @@ async fn a_whole_call_is_recorded_once_with_transcript_costs_credits_ledger_log_
         .map(|(_, text, _)| text.as_str())
         .collect();
     assert_eq!(said, script, "{call}");
-    assert_eq!(persona_lines(&call).len(), 3, "greeting and two replies: {call}");
+    assert_eq!(
+        persona_lines(&call).len(),
+        3,
+        "greeting and two replies: {call}"
+    );
 
     // The rows.
     let db = stack.db().await;
@@ -85,7 +89,12 @@ async fn a_whole_call_is_recorded_once_with_transcript_costs_credits_ledger_log_
     // One breakdown; the cost events add up to it and were written as a few batched events
     // (not one per audio frame), numbered per call.
     assert_eq!(
-        sql_count(&stack, "SELECT count(*) FROM call_cost_breakdowns WHERE call_id = $1", &[&call_id]).await,
+        sql_count(
+            &stack,
+            "SELECT count(*) FROM call_cost_breakdowns WHERE call_id = $1",
+            &[&call_id]
+        )
+        .await,
         1
     );
     let breakdown = db
@@ -118,8 +127,17 @@ async fn a_whole_call_is_recorded_once_with_transcript_costs_credits_ledger_log_
         "events sum to {sum}, breakdown says {total}"
     );
     let kinds: Vec<String> = events.iter().map(|e| e.get::<_, String>(2)).collect();
-    for kind in ["call_seconds", "stt_audio", "llm_input_tokens", "llm_output_tokens", "tts_characters"] {
-        assert!(kinds.iter().any(|k| k == kind), "{kind} missing from {kinds:?}");
+    for kind in [
+        "call_seconds",
+        "stt_audio",
+        "llm_input_tokens",
+        "llm_output_tokens",
+        "tts_characters",
+    ] {
+        assert!(
+            kinds.iter().any(|k| k == kind),
+            "{kind} missing from {kinds:?}"
+        );
     }
     assert_eq!(kinds.iter().filter(|k| *k == "call_seconds").count(), 1);
     assert!(
@@ -130,7 +148,10 @@ async fn a_whole_call_is_recorded_once_with_transcript_costs_credits_ledger_log_
         .iter()
         .map(|e| {
             let id: String = e.get(0);
-            id.rsplit('_').next().and_then(|n| n.parse().ok()).expect("cev_<call>_<seq>")
+            id.rsplit('_')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .expect("cev_<call>_<seq>")
         })
         .collect();
     seqs.sort_unstable();
@@ -148,11 +169,18 @@ async fn a_whole_call_is_recorded_once_with_transcript_costs_credits_ledger_log_
     assert_eq!(ledger.len(), 1);
     assert_eq!(ledger[0].get::<_, String>(0), "call_deduction");
     assert_eq!(
-        (ledger[0].get::<_, i32>(1), ledger[0].get::<_, i32>(2), ledger[0].get::<_, i32>(3)),
+        (
+            ledger[0].get::<_, i32>(1),
+            ledger[0].get::<_, i32>(2),
+            ledger[0].get::<_, i32>(3)
+        ),
         (-1, 10, 9)
     );
     let credits: i32 = db
-        .query_one("SELECT available_credits FROM user_credits WHERE user_id = $1", &[&user.id])
+        .query_one(
+            "SELECT available_credits FROM user_credits WHERE user_id = $1",
+            &[&user.id],
+        )
         .await
         .expect("credits")
         .get(0);
@@ -189,7 +217,10 @@ async fn a_whole_call_is_recorded_once_with_transcript_costs_credits_ledger_log_
 
     // The stored transcript is what the API showed.
     let stored: serde_json::Value = db
-        .query_one("SELECT messages FROM call_transcripts WHERE call_id = $1", &[&call_id])
+        .query_one(
+            "SELECT messages FROM call_transcripts WHERE call_id = $1",
+            &[&call_id],
+        )
         .await
         .expect("transcript row")
         .get(0);
@@ -225,13 +256,19 @@ async fn barge_in_clears_the_audio_and_cuts_the_line_at_what_was_heard_but_mhm_d
     let stream = record.stream.as_ref().expect("a media stream");
 
     // One clear: the real interruption, not the "mhm".
-    assert!(stream.lines[1].barge_in && stream.lines[2].barge_in, "{stream:#?}");
+    assert!(
+        stream.lines[1].barge_in && stream.lines[2].barge_in,
+        "{stream:#?}"
+    );
     assert_eq!(stream.clears.len(), 1, "{stream:#?}");
     assert_eq!(call["metrics"]["interrupt_count"], 1, "{call}");
     let interrupts: i32 = stack
         .db()
         .await
-        .query_one("SELECT interrupt_count FROM call_logs WHERE call_id = $1", &[&call_id])
+        .query_one(
+            "SELECT interrupt_count FROM call_logs WHERE call_id = $1",
+            &[&call_id],
+        )
         .await
         .expect("log")
         .get(0);
@@ -250,7 +287,11 @@ async fn barge_in_clears_the_audio_and_cuts_the_line_at_what_was_heard_but_mhm_d
         !cut_words.is_empty() && cut_words.len() < story_words.len(),
         "{cut:?}"
     );
-    assert_eq!(cut_words[..], story_words[..cut_words.len()], "a prefix of the story");
+    assert_eq!(
+        cut_words[..],
+        story_words[..cut_words.len()],
+        "a prefix of the story"
+    );
     // What the callee heard of the story: the replies after line 0 and line 1 (the "mhm" ends
     // one reply record in the simulator, the story goes on in the next).
     let heard_story: Vec<String> = stream
@@ -267,18 +308,26 @@ async fn barge_in_clears_the_audio_and_cuts_the_line_at_what_was_heard_but_mhm_d
     );
     // "Mhm" is not a turn of its own; the real interruption is.
     assert!(
-        !transcript.iter().any(|(role, text, _)| role == "user" && text.to_lowercase().starts_with("mhm")),
+        !transcript
+            .iter()
+            .any(|(role, text, _)| role == "user" && text.to_lowercase().starts_with("mhm")),
         "{call}"
     );
-    assert!(transcript.iter().any(|(role, text, _)| role == "user" && text.starts_with("Wait, stop")));
+    assert!(
+        transcript
+            .iter()
+            .any(|(role, text, _)| role == "user" && text.starts_with("Wait, stop"))
+    );
     // The next reply was asked for with the story as heard, not as written.
     let requests = stack.sims.llm().requests();
     let after_cut = requests
         .iter()
         .find(|r| {
-            r.messages()
-                .iter()
-                .any(|m| m["content"].as_str().is_some_and(|c| c.contains("Wait, stop")))
+            r.messages().iter().any(|m| {
+                m["content"]
+                    .as_str()
+                    .is_some_and(|c| c.contains("Wait, stop"))
+            })
         })
         .expect("a reply to the interruption was requested");
     let remembered: Vec<&str> = after_cut
@@ -302,16 +351,29 @@ async fn a_call_ending_while_the_gateway_is_down_is_recorded_once_when_it_is_bac
     let call_id = place_call(&stack, &user).await;
     let record = sim_call(&stack, &user.phone).await;
     // The conversation is under way: take the gateway away before the callee hangs up.
-    eventually(&stack, "the callee speaks", Duration::from_secs(30), async || {
-        let record = stack.sims.twilio().call(&record.sid)?;
-        (!record.stream?.lines.is_empty()).then_some(())
-    })
+    eventually(
+        &stack,
+        "the callee speaks",
+        Duration::from_secs(30),
+        async || {
+            let record = stack.sims.twilio().call(&record.sid)?;
+            (!record.stream?.lines.is_empty()).then_some(())
+        },
+    )
     .await;
     stack.stop_gateway();
     sim_call_ended(&stack, &record.sid, Duration::from_secs(30)).await;
-    eventually(&stack, "a failed finalisation attempt", Duration::from_secs(30), async || {
-        stack.worker_log().contains("outcome not recorded (attempt 1)").then_some(())
-    })
+    eventually(
+        &stack,
+        "a failed finalisation attempt",
+        Duration::from_secs(30),
+        async || {
+            stack
+                .worker_log()
+                .contains("outcome not recorded (attempt 1)")
+                .then_some(())
+        },
+    )
     .await;
     assert_eq!(
         sql_count(
@@ -338,14 +400,22 @@ async fn a_call_ending_while_the_gateway_is_down_is_recorded_once_when_it_is_bac
         ("call_transcripts", 1),
     ] {
         assert_eq!(
-            sql_count(&stack, &format!("SELECT count(*) FROM {table} WHERE call_id = $1"), &[&call_id]).await,
+            sql_count(
+                &stack,
+                &format!("SELECT count(*) FROM {table} WHERE call_id = $1"),
+                &[&call_id]
+            )
+            .await,
             expected,
             "{table}"
         );
     }
     let db = stack.db().await;
     let credits: i32 = db
-        .query_one("SELECT available_credits FROM user_credits WHERE user_id = $1", &[&user.id])
+        .query_one(
+            "SELECT available_credits FROM user_credits WHERE user_id = $1",
+            &[&user.id],
+        )
         .await
         .expect("credits")
         .get(0);
@@ -387,7 +457,10 @@ async fn voicemail_gets_a_short_message_or_a_hang_up_as_the_user_chose() {
         machine_greeting_ms: 800,
         ..Scenario::default()
     };
-    stack.sims.twilio().set_scenario(&leaves.phone, machine.clone());
+    stack
+        .sims
+        .twilio()
+        .set_scenario(&leaves.phone, machine.clone());
     stack.sims.twilio().set_scenario(&hangs_up.phone, machine);
 
     let left_id = place_call(&stack, &leaves).await;
@@ -402,8 +475,16 @@ async fn voicemail_gets_a_short_message_or_a_hang_up_as_the_user_chose() {
     // Leave a message: after the beep, the short message built for the call, then goodbye.
     assert_eq!(left["status"], "voicemail", "{left}");
     assert_eq!(left["metrics"]["end_reason"], "voicemail", "{left}");
-    assert!(left["costs"]["total_cents"].is_string(), "recorded with its cost: {left}");
-    assert!(left["answered_by"].as_str().is_some_and(|a| a.starts_with("machine")), "{left}");
+    assert!(
+        left["costs"]["total_cents"].is_string(),
+        "recorded with its cost: {left}"
+    );
+    assert!(
+        left["answered_by"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("machine")),
+        "{left}"
+    );
     let message = persona_lines(&left)
         .into_iter()
         .find(|line| line.contains("Sorry I missed you"))
@@ -419,7 +500,10 @@ async fn voicemail_gets_a_short_message_or_a_hang_up_as_the_user_chose() {
     let log_status: String = stack
         .db()
         .await
-        .query_one("SELECT status FROM call_logs WHERE call_id = $1", &[&left_id])
+        .query_one(
+            "SELECT status FROM call_logs WHERE call_id = $1",
+            &[&left_id],
+        )
         .await
         .expect("log")
         .get(0);
@@ -428,9 +512,15 @@ async fn voicemail_gets_a_short_message_or_a_hang_up_as_the_user_chose() {
     // Hang up: the call ends at the beep, through Twilio, and nothing more is said.
     assert_eq!(hung["status"], "voicemail", "{hung}");
     assert_eq!(hung["metrics"]["end_reason"], "voicemail", "{hung}");
-    assert_eq!(hung_record.end_reason, Some(SimEnd::AppHangup), "{hung_record:#?}");
+    assert_eq!(
+        hung_record.end_reason,
+        Some(SimEnd::AppHangup),
+        "{hung_record:#?}"
+    );
     assert!(
-        !persona_lines(&hung).iter().any(|line| line.contains("missed you")),
+        !persona_lines(&hung)
+            .iter()
+            .any(|line| line.contains("missed you")),
         "{hung}"
     );
     let amd_at = hung_record.amd.as_ref().expect("AMD ran").decided_at;
@@ -442,7 +532,10 @@ async fn voicemail_gets_a_short_message_or_a_hang_up_as_the_user_chose() {
         segments(&hung_record)
     );
     let ended_at = hung_record.ended_at.expect("ended");
-    assert!(ended_at - amd_at < 5_000_000, "hung up at once, not after the machine's timeout");
+    assert!(
+        ended_at - amd_at < 5_000_000,
+        "hung up at once, not after the machine's timeout"
+    );
 }
 
 #[tokio::test]
@@ -469,7 +562,11 @@ async fn the_persona_remembers_the_last_call_until_the_user_clears_its_memory() 
     );
     let first = place_call(&stack, &user).await;
     outcome(&stack, &user, &first).await;
-    assert_eq!(stack.sims.llm().queued_replies(), 0, "one reply and the summary");
+    assert_eq!(
+        stack.sims.llm().queued_replies(),
+        0,
+        "one reply and the summary"
+    );
     let summary_request = stack
         .sims
         .llm()
@@ -478,15 +575,25 @@ async fn the_persona_remembers_the_last_call_until_the_user_clears_its_memory() 
         .find(|r| r.body["stream"] != true)
         .expect("a summary was asked for");
     assert!(
-        summary_request.body["max_tokens"].as_u64().is_some_and(|t| t <= 120),
+        summary_request.body["max_tokens"]
+            .as_u64()
+            .is_some_and(|t| t <= 120),
         "bounded in tokens: {}",
         summary_request.body
     );
     let (status, memory) = stack
-        .json(Method::GET, "/api/personas/brad/memory", Some(&user.token), None)
+        .json(
+            Method::GET,
+            "/api/personas/brad/memory",
+            Some(&user.token),
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{memory}");
-    let summary = memory["summary"].as_str().unwrap_or_else(|| panic!("{memory}")).to_owned();
+    let summary = memory["summary"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{memory}"))
+        .to_owned();
     assert!(summary.contains("Biscuit"), "{summary}");
     assert!(
         !summary.chars().any(|c| c.is_ascii_digit()),
@@ -499,7 +606,10 @@ async fn the_persona_remembers_the_last_call_until_the_user_clears_its_memory() 
     )
     .await
     .expect("stored memory");
-    assert!(!stored.contains("4242") && !stored.contains("0199"), "{stored}");
+    assert!(
+        !stored.contains("4242") && !stored.contains("0199"),
+        "{stored}"
+    );
 
     // Call 2: the persona is given the memory.
     let before = stack.sims.llm().requests().len();
@@ -513,7 +623,12 @@ async fn the_persona_remembers_the_last_call_until_the_user_clears_its_memory() 
         stack.sims.llm().requests()[from..]
             .iter()
             .filter(|r| r.body["stream"] == true)
-            .map(|r| r.messages()[0]["content"].as_str().unwrap_or_default().to_owned())
+            .map(|r| {
+                r.messages()[0]["content"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
             .collect::<Vec<String>>()
     };
     let systems = conversation_requests(before);
@@ -525,11 +640,21 @@ async fn the_persona_remembers_the_last_call_until_the_user_clears_its_memory() 
 
     // Cleared: gone from the API and from call 3's prompt.
     let (status, body) = stack
-        .json(Method::DELETE, "/api/personas/brad/memory", Some(&user.token), None)
+        .json(
+            Method::DELETE,
+            "/api/personas/brad/memory",
+            Some(&user.token),
+            None,
+        )
         .await;
     assert!(status == 200 || status == 204, "{status} {body}");
     let (_, memory) = stack
-        .json(Method::GET, "/api/personas/brad/memory", Some(&user.token), None)
+        .json(
+            Method::GET,
+            "/api/personas/brad/memory",
+            Some(&user.token),
+            None,
+        )
         .await;
     assert!(memory["summary"].is_null(), "{memory}");
     let before = stack.sims.llm().requests().len();
@@ -544,7 +669,8 @@ async fn the_persona_remembers_the_last_call_until_the_user_clears_its_memory() 
     assert!(
         systems
             .iter()
-            .all(|system| !system.contains("Biscuit") && !system.contains("remember from earlier calls")),
+            .all(|system| !system.contains("Biscuit")
+                && !system.contains("remember from earlier calls")),
         "call 3 starts without memory: {systems:?}"
     );
 }

@@ -31,10 +31,10 @@ async fn speech_recognition_dropped_mid_utterance_loses_no_words() {
     stack.sims.stt().set_config(stt);
     let user = user(&stack, "stt@example.com", "+14155550141", "basic", 10).await;
     let line = "I want to tell you all about my new bicycle today.";
-    stack
-        .sims
-        .twilio()
-        .set_scenario(&user.phone, conversation(vec![says(line), says("Bye for now.")]));
+    stack.sims.twilio().set_scenario(
+        &user.phone,
+        conversation(vec![says(line), says("Bye for now.")]),
+    );
 
     let call_id = place_call(&stack, &user).await;
     let call = outcome(&stack, &user, &call_id).await;
@@ -54,10 +54,12 @@ async fn speech_recognition_dropped_mid_utterance_loses_no_words() {
         "every word of the interrupted sentence is in the transcript: {call}"
     );
     assert!(
-        stack.sims.llm().requests().iter().any(|r| r
-            .messages()
+        stack
+            .sims
+            .llm()
+            .requests()
             .iter()
-            .any(|m| m["content"] == line)),
+            .any(|r| r.messages().iter().any(|m| m["content"] == line)),
         "and the persona answered all of it"
     );
     assert_eq!(failure_count(&call, "stt", "disconnected"), 1, "{call}");
@@ -105,22 +107,46 @@ async fn llm_failures_get_a_spoken_fallback_and_two_in_a_row_end_the_call_polite
 
     // Each failure was answered out loud, and the conversation went on in between.
     let said = persona_lines(&call);
-    assert_eq!(said.iter().filter(|line| *line == FALLBACK).count(), 2, "{said:?}");
+    assert_eq!(
+        said.iter().filter(|line| *line == FALLBACK).count(),
+        2,
+        "{said:?}"
+    );
     assert!(
-        said.iter().any(|line| line.starts_with("I heard you say: I said, what should I cook")),
+        said.iter()
+            .any(|line| line.starts_with("I heard you say: I said, what should I cook")),
         "a normal reply between the failures: {said:?}"
     );
-    assert!(heard_line(&record, FALLBACK), "{}", heard_everything(&record));
+    assert!(
+        heard_line(&record, FALLBACK),
+        "{}",
+        heard_everything(&record)
+    );
     // The second failure in a row ended the call, politely and through Twilio.
-    assert_eq!(said.last().map(String::as_str), Some(TROUBLE_GOODBYE), "{said:?}");
-    assert!(heard_line(&record, TROUBLE_GOODBYE), "{}", heard_everything(&record));
+    assert_eq!(
+        said.last().map(String::as_str),
+        Some(TROUBLE_GOODBYE),
+        "{said:?}"
+    );
+    assert!(
+        heard_line(&record, TROUBLE_GOODBYE),
+        "{}",
+        heard_everything(&record)
+    );
     assert_eq!(record.end_reason, Some(SimEnd::AppHangup), "{record:#?}");
-    assert_eq!(call["metrics"]["end_reason"], "provider_failed:llm", "{call}");
+    assert_eq!(
+        call["metrics"]["end_reason"], "provider_failed:llm",
+        "{call}"
+    );
     assert_eq!(
         call["error_message"], "the language model failed twice in a row",
         "{call}"
     );
-    assert_eq!(failure_count(&call, "llm", "first_token_timeout"), 2, "{call}");
+    assert_eq!(
+        failure_count(&call, "llm", "first_token_timeout"),
+        2,
+        "{call}"
+    );
     assert_eq!(failure_count(&call, "llm", "request_failed"), 1, "{call}");
     let user_lines = lines(&call)
         .into_iter()
@@ -162,19 +188,29 @@ async fn a_tts_failure_is_retried_and_heard_and_two_in_a_row_end_the_call() {
     let call_id = place_call(&stack, &user).await;
     let ringing = sim_call(&stack, &user.phone).await;
     // Once the greeting has played: the next synthesis produces no audio at all.
-    eventually(&stack, "the greeting is heard", Duration::from_secs(30), async || {
-        let record = stack.sims.twilio().call(&ringing.sid)?;
-        (!record.stream?.lines.is_empty()).then_some(())
-    })
+    eventually(
+        &stack,
+        "the greeting is heard",
+        Duration::from_secs(30),
+        async || {
+            let record = stack.sims.twilio().call(&ringing.sid)?;
+            (!record.stream?.lines.is_empty()).then_some(())
+        },
+    )
     .await;
     let mut tts = stack.sims.tts().config();
     tts.silent_generations = 1;
     stack.sims.tts().set_config(tts.clone());
     // Once the retried reply has been heard: the next two syntheses are silent.
-    eventually(&stack, "the retried reply is heard", Duration::from_secs(30), async || {
-        let record = stack.sims.twilio().call(&ringing.sid)?;
-        heard_line(&record, first).then_some(())
-    })
+    eventually(
+        &stack,
+        "the retried reply is heard",
+        Duration::from_secs(30),
+        async || {
+            let record = stack.sims.twilio().call(&ringing.sid)?;
+            heard_line(&record, first).then_some(())
+        },
+    )
     .await;
     tts.silent_generations = 2;
     stack.sims.tts().set_config(tts);
@@ -198,12 +234,22 @@ async fn a_tts_failure_is_retried_and_heard_and_two_in_a_row_end_the_call() {
         "{synthesised:?}"
     );
     let said = persona_lines(&call);
-    assert_eq!(said.iter().filter(|line| *line == first).count(), 1, "{said:?}");
+    assert_eq!(
+        said.iter().filter(|line| *line == first).count(),
+        1,
+        "{said:?}"
+    );
     // The second, twice in a row: nothing can be said, so the call is hung up with the reason.
-    assert!(!said.iter().any(|line| line == second), "never heard: {said:?}");
+    assert!(
+        !said.iter().any(|line| line == second),
+        "never heard: {said:?}"
+    );
     assert!(!heard_line(&record, second));
     assert_eq!(record.end_reason, Some(SimEnd::AppHangup), "{record:#?}");
-    assert_eq!(call["metrics"]["end_reason"], "provider_failed:tts", "{call}");
+    assert_eq!(
+        call["metrics"]["end_reason"], "provider_failed:tts",
+        "{call}"
+    );
     assert_eq!(
         call["error_message"], "speech synthesis failed twice in a row",
         "{call}"

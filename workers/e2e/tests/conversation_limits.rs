@@ -72,11 +72,21 @@ fn assert_warned_then_cut_off(
     let goodbye = said.iter().position(|line| line == LIMIT_GOODBYE);
     assert!(
         matches!((wrap_up, goodbye), (Some(w), Some(g)) if w < g),
-        "the wrap-up line, then the goodbye: {said:?}"
+        "the wrap-up line, then the goodbye: {said:?}\ntranscript: {:#?}\nsimulator: {:#?}",
+        lines(call),
+        record.stream
     );
-    assert_eq!(said.last().map(String::as_str), Some(LIMIT_GOODBYE), "{said:?}");
+    assert_eq!(
+        said.last().map(String::as_str),
+        Some(LIMIT_GOODBYE),
+        "{said:?}"
+    );
     assert!(heard_line(record, WRAP_UP), "{}", heard_everything(record));
-    assert!(heard_line(record, LIMIT_GOODBYE), "{}", heard_everything(record));
+    assert!(
+        heard_line(record, LIMIT_GOODBYE),
+        "{}",
+        heard_everything(record)
+    );
 
     assert_eq!(call["status"], "completed", "{call}");
     assert_eq!(
@@ -121,7 +131,10 @@ async fn the_per_call_budget_warns_then_ends_the_call_with_auto_cutoff() {
     let (call_id, call, record, live) = budget_call(&stack, &user).await;
     assert_warned_then_cut_off(&call, &record, &live, &call_id, "per_call_budget");
     let cost = call["actual_cost_cents"].as_i64().expect("cost");
-    assert!((24..=34).contains(&cost), "cut off at the budget, not long after: {call}");
+    assert!(
+        (24..=34).contains(&cost),
+        "cut off at the budget, not long after: {call}"
+    );
 }
 
 #[tokio::test]
@@ -219,11 +232,17 @@ async fn one_credit_buys_one_minute_even_of_silence_and_no_more_is_charged() {
     let goodbye = heard_at(&record, LIMIT_GOODBYE);
     assert!((44.5..48.0).contains(&warned), "warned at {warned} s");
     assert!((53.5..57.0).contains(&goodbye), "goodbye at {goodbye} s");
-    assert!(call["duration_seconds"].as_i64().expect("duration") <= 60, "{call}");
+    assert!(
+        call["duration_seconds"].as_i64().expect("duration") <= 60,
+        "{call}"
+    );
     assert_eq!(call["credits_used"], 1, "{call}");
     let db = stack.db().await;
     let credits: i32 = db
-        .query_one("SELECT available_credits FROM user_credits WHERE user_id = $1", &[&user.id])
+        .query_one(
+            "SELECT available_credits FROM user_credits WHERE user_id = $1",
+            &[&user.id],
+        )
         .await
         .expect("credits")
         .get(0);
@@ -237,7 +256,11 @@ async fn one_credit_buys_one_minute_even_of_silence_and_no_more_is_charged() {
         .expect("ledger");
     assert_eq!(ledger.len(), 1);
     assert_eq!(
-        (ledger[0].get::<_, i32>(0), ledger[0].get::<_, i32>(1), ledger[0].get::<_, i32>(2)),
+        (
+            ledger[0].get::<_, i32>(0),
+            ledger[0].get::<_, i32>(1),
+            ledger[0].get::<_, i32>(2)
+        ),
         (-1, 1, 0)
     );
 }
@@ -261,6 +284,9 @@ async fn a_silent_call_is_warned_and_ended_at_its_length_limit_by_the_timer() {
     let goodbye = heard_at(&record, LIMIT_GOODBYE);
     assert!((26.5..29.0).contains(&warned), "warned at {warned} s");
     assert!((29.5..32.0).contains(&goodbye), "goodbye at {goodbye} s");
-    assert!(call["duration_seconds"].as_i64().expect("duration") <= 36, "{call}");
+    assert!(
+        call["duration_seconds"].as_i64().expect("duration") <= 36,
+        "{call}"
+    );
     assert_eq!(call["credits_used"], 0, "{call}");
 }

@@ -49,7 +49,9 @@ fn media_url(stack: &Stack, call_id: &str) -> String {
 
 /// What Twilio signs a stream handshake with: the URL alone.
 fn twilio_signature(url: &str) -> String {
-    let token = callmeback_simulators::SimConfig::default().twilio.auth_token;
+    let token = callmeback_simulators::SimConfig::default()
+        .twilio
+        .auth_token;
     callmeback_simulators::twilio::signature::compute(&token, url, &[])
 }
 
@@ -147,7 +149,10 @@ fn drive(ws: Ws) -> (futures_util::stream::SplitSink<Ws, Message>, Received) {
 }
 
 async fn wait_until(stack: &Stack, what: &str, mut done: impl FnMut() -> bool) {
-    eventually(stack, what, Duration::from_secs(20), async || done().then_some(())).await;
+    eventually(stack, what, Duration::from_secs(20), async || {
+        done().then_some(())
+    })
+    .await;
 }
 
 /// Sends 20 ms media frames in real time: `text` as simulated speech, then `silence_ms` of silence.
@@ -234,9 +239,13 @@ async fn the_media_socket_needs_twilio_s_signature_and_the_call_s_own_token() {
             .unwrap_or_else(|e| panic!("signed handshake refused: {e}\n{}", stack.worker_log()));
         let (mut sink, received) = drive(ws);
         let sid = stream_sid();
-        sink.send(Message::text(start_message(&sid, &ringing.sid, token.as_deref())))
-            .await
-            .expect("send start");
+        sink.send(Message::text(start_message(
+            &sid,
+            &ringing.sid,
+            token.as_deref(),
+        )))
+        .await
+        .expect("send start");
         wait_until(&stack, "the socket is closed", || {
             received.close.lock().expect("close").is_some()
         })
@@ -246,21 +255,37 @@ async fn the_media_socket_needs_twilio_s_signature_and_the_call_s_own_token() {
             Some(u16::from(CloseCode::Policy)),
             "{token:?}"
         );
-        assert_eq!(received.media_count(), 0, "nothing is played to a refused stream");
+        assert_eq!(
+            received.media_count(),
+            0,
+            "nothing is played to a refused stream"
+        );
     }
 
     // The refused sockets did not take the call's place: Twilio's real stream still gets in and
     // hears the greeting.
     let ws = connect(&url, Some(&twilio_signature(&url)))
         .await
-        .unwrap_or_else(|e| panic!("the call's own stream was refused: {e}\n{}", stack.worker_log()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "the call's own stream was refused: {e}\n{}",
+                stack.worker_log()
+            )
+        });
     let (mut sink, received) = drive(ws);
     let sid = stream_sid();
     let token = callmeback_auth::capability::media_stream_token(secret, &call_id, unix_now());
-    sink.send(Message::text(start_message(&sid, &ringing.sid, Some(&token))))
-        .await
-        .expect("send start");
-    wait_until(&stack, "the greeting is played", || received.media_count() > 0).await;
+    sink.send(Message::text(start_message(
+        &sid,
+        &ringing.sid,
+        Some(&token),
+    )))
+    .await
+    .expect("send start");
+    wait_until(&stack, "the greeting is played", || {
+        received.media_count() > 0
+    })
+    .await;
     // A second stream while this one runs is refused.
     assert_eq!(
         refused_with(connect(&url, Some(&twilio_signature(&url))).await),
@@ -305,15 +330,25 @@ async fn malformed_messages_are_dropped_and_counted_and_the_call_goes_on() {
         sink.send(message).await.expect("the socket stays open");
     };
 
-    send(&mut sink, Message::text(r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#)).await;
+    send(
+        &mut sink,
+        Message::text(r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#),
+    )
+    .await;
     // Out of order: media and a mark before the stream started.
     send(&mut sink, Message::text(media_message(&sid, &silence))).await;
     send(
         &mut sink,
-        Message::text(json!({"event": "mark", "streamSid": sid, "mark": {"name": "m1"}}).to_string()),
+        Message::text(
+            json!({"event": "mark", "streamSid": sid, "mark": {"name": "m1"}}).to_string(),
+        ),
     )
     .await;
-    send(&mut sink, Message::text(start_message(&sid, &ringing.sid, Some(&token)))).await;
+    send(
+        &mut sink,
+        Message::text(start_message(&sid, &ringing.sid, Some(&token))),
+    )
+    .await;
     wait_until(&stack, "the greeting starts", || received.media_count() > 0).await;
 
     // Everything Twilio would never send, mixed with good audio.
@@ -325,7 +360,10 @@ async fn malformed_messages_are_dropped_and_counted_and_the_call_goes_on() {
                 .to_string(),
         ),
         Message::text(media_message(&sid, &oversized)),
-        Message::text(media_message("MZ00000000000000000000000000000000", &silence)),
+        Message::text(media_message(
+            "MZ00000000000000000000000000000000",
+            &silence,
+        )),
         Message::binary(silence.to_vec()),
         Message::text(start_message(&sid, &ringing.sid, Some(&token))),
         Message::text(json!({"event": "bogus", "streamSid": sid}).to_string()),
@@ -339,16 +377,25 @@ async fn malformed_messages_are_dropped_and_counted_and_the_call_goes_on() {
     let line = "Hello Brad, this is a test call.";
     speak(&mut sink, &sid, line, 400).await;
     let heard_before = received.media_count();
-    eventually(&stack, "the persona answers the caller", Duration::from_secs(20), async || {
-        let asked = stack.sims.llm().requests().iter().any(|r| {
-            r.messages()
-                .iter()
-                .any(|m| m["content"].as_str().is_some_and(|c| c.contains("test call")))
-        });
-        // Keep the line open like Twilio does: silence every 20 ms.
-        sink.send(Message::text(media_message(&sid, &silence))).await.ok()?;
-        (asked && received.media_count() > heard_before + 3).then_some(())
-    })
+    eventually(
+        &stack,
+        "the persona answers the caller",
+        Duration::from_secs(20),
+        async || {
+            let asked = stack.sims.llm().requests().iter().any(|r| {
+                r.messages().iter().any(|m| {
+                    m["content"]
+                        .as_str()
+                        .is_some_and(|c| c.contains("test call"))
+                })
+            });
+            // Keep the line open like Twilio does: silence every 20 ms.
+            sink.send(Message::text(media_message(&sid, &silence)))
+                .await
+                .ok()?;
+            (asked && received.media_count() > heard_before + 3).then_some(())
+        },
+    )
     .await;
     sink.send(Message::text(
         json!({"event": "stop", "streamSid": sid, "stop": {"accountSid": "AC", "callSid": ringing.sid}})
@@ -362,7 +409,9 @@ async fn malformed_messages_are_dropped_and_counted_and_the_call_goes_on() {
     let transcript = lines(&call);
     assert_eq!(transcript[0].0, "assistant", "{call}");
     assert!(
-        transcript.iter().any(|(role, text, _)| role == "user" && text == line),
+        transcript
+            .iter()
+            .any(|(role, text, _)| role == "user" && text == line),
         "{call}"
     );
     let dropped = failures(&call);
@@ -389,7 +438,10 @@ async fn malformed_messages_are_dropped_and_counted_and_the_call_goes_on() {
     let stored: Value = stack
         .db()
         .await
-        .query_one("SELECT failures FROM call_logs WHERE call_id = $1", &[&call_id])
+        .query_one(
+            "SELECT failures FROM call_logs WHERE call_id = $1",
+            &[&call_id],
+        )
         .await
         .expect("log")
         .get(0);

@@ -67,7 +67,13 @@ pub(crate) fn conversation(lines: Vec<Line>) -> Scenario {
 }
 
 /// A user on `tier` with `credits`, and the phone number calls go to.
-pub(crate) async fn user(stack: &Stack, email: &str, phone: &str, tier: &str, credits: i32) -> User {
+pub(crate) async fn user(
+    stack: &Stack,
+    email: &str,
+    phone: &str,
+    tier: &str,
+    credits: i32,
+) -> User {
     let (token, id) = stack.register_with_phone(email, phone).await;
     stack.set_tier(&id, tier, credits).await;
     User {
@@ -130,9 +136,20 @@ pub(crate) fn tail(log: &str, max: usize) -> &str {
 
 /// The simulator's record of the (only) call to `phone`, once Twilio has it.
 pub(crate) async fn sim_call(stack: &Stack, phone: &str) -> CallRecord {
-    eventually(stack, "the simulator has the call", Duration::from_secs(20), async || {
-        stack.sims.twilio().calls().into_iter().rev().find(|c| c.to == phone)
-    })
+    eventually(
+        stack,
+        "the simulator has the call",
+        Duration::from_secs(20),
+        async || {
+            stack
+                .sims
+                .twilio()
+                .calls()
+                .into_iter()
+                .rev()
+                .find(|c| c.to == phone)
+        },
+    )
     .await
 }
 
