@@ -724,7 +724,10 @@ mod tests {
             TelephonyConfig::from_bindings(&bindings(&pairs))
         };
         assert_eq!(telephony(None).expect("valid").max_call_secs, None);
-        assert_eq!(telephony(Some("30")).expect("valid").max_call_secs, Some(30));
+        assert_eq!(
+            telephony(Some("30")).expect("valid").max_call_secs,
+            Some(30)
+        );
         for bad in ["0", "9", "86401", "soon"] {
             assert_eq!(
                 telephony(Some(bad)).expect_err(bad).binding(),

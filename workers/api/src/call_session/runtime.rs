@@ -348,7 +348,11 @@ impl Call {
 
     /// Whether a frame naming `stream_sid` belongs to the running stream; otherwise the kind of
     /// drop it is: `before_start` when no stream has started yet, `wrong_stream_sid` else.
-    fn check_stream(&self, stream_sid: &str, before_start: &'static str) -> Result<(), &'static str> {
+    fn check_stream(
+        &self,
+        stream_sid: &str,
+        before_start: &'static str,
+    ) -> Result<(), &'static str> {
         match self
             .twilio
             .borrow()
