@@ -304,6 +304,7 @@ fn login_policies(window_override: Option<&str>) -> LoginLimits {
 /// | `CALLS_PER_PHONE_PER_HOUR` | var | 2 (and `PHONE_LIMIT_WINDOW_SECS`, 3600) |
 /// | `CALL_RING_TIMEOUT_SECS` | var | 25 |
 /// | `ANSWERING_MACHINE_DETECTION` | var | `true` |
+/// | `MAX_CALL_SECONDS` | var | unset: each tier's longest call; set (10 to 86400), no call lasts longer whatever its tier |
 #[derive(Clone)]
 pub struct TelephonyConfig {
     pub api_base: String,
@@ -320,6 +321,9 @@ pub struct TelephonyConfig {
     pub per_ip_policy: RateLimitPolicy,
     pub ring_timeout_secs: u32,
     pub answering_machine_detection: bool,
+    /// The operator's cap on any call's length (`MAX_CALL_SECONDS`), on top of the tier's; the
+    /// call enforces the smaller of the two (warning, goodbye, hang-up) like any time limit.
+    pub max_call_secs: Option<u32>,
 }
 
 impl fmt::Debug for TelephonyConfig {
@@ -370,6 +374,10 @@ impl FromBindings for TelephonyConfig {
             answering_machine_detection: bindings
                 .var("ANSWERING_MACHINE_DETECTION")
                 .is_none_or(|value| value.trim() != "false"),
+            max_call_secs: match bindings.var("MAX_CALL_SECONDS") {
+                Some(_) => Some(number(bindings, "MAX_CALL_SECONDS", 0u32, 10..=86_400)?),
+                None => None,
+            },
         })
     }
 }
@@ -697,6 +705,35 @@ mod tests {
                 .binding(),
             "GATEWAY_TIMEOUT_MS"
         );
+    }
+
+    #[test]
+    fn the_operator_cap_on_call_length_is_optional_and_bounded() {
+        const SECRET: &str = "MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=";
+        let telephony = |cap: Option<&'static str>| {
+            let mut pairs = vec![
+                ("TWILIO_ACCOUNT_SID", "AC1"),
+                ("TWILIO_AUTH_TOKEN", "token"),
+                ("TWILIO_FROM_NUMBER", "+15005550006"),
+                ("MEDIA_STREAM_SECRET", SECRET),
+                ("PHONE_HASH_SECRET", SECRET),
+            ];
+            if let Some(cap) = cap {
+                pairs.push(("MAX_CALL_SECONDS", cap));
+            }
+            TelephonyConfig::from_bindings(&bindings(&pairs))
+        };
+        assert_eq!(telephony(None).expect("valid").max_call_secs, None);
+        assert_eq!(
+            telephony(Some("30")).expect("valid").max_call_secs,
+            Some(30)
+        );
+        for bad in ["0", "9", "86401", "soon"] {
+            assert_eq!(
+                telephony(Some(bad)).expect_err(bad).binding(),
+                "MAX_CALL_SECONDS"
+            );
+        }
     }
 
     #[test]

@@ -516,7 +516,9 @@ impl Engine {
         if self.ending.is_some() {
             return;
         }
-        self.check_limits(now, out);
+        // A reply follows at once: a warning's wrap-up line waits for it (said now, the reply
+        // would replace it unheard).
+        self.check_limits(now, true, out);
         if self.ending.is_some() {
             return;
         }
@@ -721,6 +723,13 @@ impl Engine {
             }
             TtsEvent::ContextFinished { context } => {
                 if let Some(turn) = self.turn.as_mut().filter(|t| t.context == context) {
+                    if turn.flushed && turn.audio_received == 0 && !turn.text_sent.trim().is_empty()
+                    {
+                        // The provider says it is done but produced nothing: the caller heard
+                        // nothing, so this is a failure (retried), not a line that was said.
+                        self.tts_failed(now, "no_audio", out);
+                        return;
+                    }
                     turn.tts_finished = true;
                     turn.awaiting_audio_since = None;
                 }
@@ -841,7 +850,7 @@ impl Engine {
         if self.ending.is_some() {
             return;
         }
-        self.check_limits(now, out);
+        self.check_limits(now, false, out);
         if self.ending.is_none()
             && self.turn.is_none()
             && let Some((kind, line)) = self.queued.pop_front()
@@ -931,7 +940,7 @@ impl Engine {
         self.maybe_finish_turn(now, out);
         if now >= self.last_limit_check + self.config.limit_check_interval_ms || self.watch_due(now)
         {
-            self.check_limits(now, out);
+            self.check_limits(now, false, out);
         }
         self.check_idle(now, out);
         if let Some(until) = self.awaiting_beep_until
@@ -949,13 +958,16 @@ impl Engine {
         }
     }
 
+    /// Whether a time limit crossed its warning or cut-off point since the last check. Measured
+    /// from that check, not from `now`: timers fire late, and a threshold passed even 1 ms ago
+    /// must still count (else silence carries the call to the next periodic check).
     fn watch_due(&self, now: Millis) -> bool {
         let answered = self.meter.answered_at().unwrap_or(now);
         self.watch
             .next_time_threshold(
                 &self.plan.limits,
                 answered,
-                now.saturating_sub(1),
+                self.last_limit_check.min(now.saturating_sub(1)),
                 self.config.goodbye_lead_ms,
             )
             .is_some_and(|at| at <= now)
@@ -1040,7 +1052,9 @@ impl Engine {
     // Limits
     // -----------------------------------------------------------------------------------------
 
-    fn check_limits(&mut self, now: Millis, out: &mut Vec<Action>) {
+    /// Checks the limits and acts on them; `reply_follows`: the caller just finished a turn and
+    /// its reply starts next, so a wrap-up line is queued behind it.
+    fn check_limits(&mut self, now: Millis, reply_follows: bool, out: &mut Vec<Action>) {
         self.last_limit_check = now;
         let Some(answered) = self.meter.answered_at() else {
             return;
@@ -1064,7 +1078,7 @@ impl Engine {
                         percent_used,
                     }));
                     let line = self.config.lines.wrap_up.clone();
-                    if self.persona_busy(now) || !self.caller.pending.is_empty() {
+                    if reply_follows || self.persona_busy(now) || !self.caller.pending.is_empty() {
                         self.queued.push_back((TurnKind::WrapUp, line));
                     } else {
                         self.speak(now, TurnKind::WrapUp, &line, out);

@@ -701,6 +701,69 @@ fn tts_silence_is_a_failure_and_the_line_is_retried() {
 }
 
 #[test]
+fn a_context_finished_without_audio_is_a_failure_not_a_line_said() {
+    let mut call = Call::started(plan());
+    call.greeting_played();
+    let turn = llm_turn(&call.says("Hi there"));
+    call.llm(turn, LlmEvent::Delta("Hello again, my friend. ".to_owned()));
+    call.llm(turn, LlmEvent::Finished);
+    // The provider closes the context without a byte of audio.
+    let actions = call.tts_done("t2");
+    assert!(has(&actions, |a| matches!(
+        a,
+        Action::Failure {
+            provider: Provider::Tts,
+            kind: "no_audio"
+        }
+    )));
+    assert!(
+        has(
+            &actions,
+            |a| matches!(a, Action::TtsText { context, text } if context == "t2r" && text.starts_with("Hello again"))
+        ),
+        "the line is retried on a fresh context: {actions:?}"
+    );
+    assert!(
+        !call
+            .transcript()
+            .iter()
+            .any(|(role, text, _)| *role == Role::Assistant && text.starts_with("Hello again")),
+        "nothing was heard yet, so nothing is in the transcript"
+    );
+    call.aligned_audio("t2r", 1000, 24);
+    call.tts_done("t2r");
+    call.advance(1200);
+    assert!(
+        call.transcript()
+            .iter()
+            .any(|(role, text, _)| *role == Role::Assistant && text == "Hello again, my friend."),
+        "{:?}",
+        call.transcript()
+    );
+    // A second silent finish in a row ends the call: nothing can be said any more.
+    let turn = llm_turn(&call.says("And now?"));
+    call.llm(turn, LlmEvent::Delta("Still here. ".to_owned()));
+    call.llm(turn, LlmEvent::Finished);
+    call.tts_done(&format!("t{turn}"));
+    let actions = call.tts_done(&format!("t{turn}r"));
+    assert!(
+        has(&actions, |a| matches!(a, Action::HangUp)),
+        "{actions:?}"
+    );
+    call.send(Event::StreamStopped);
+    let outcome = call.engine.outcome().unwrap();
+    assert_eq!(outcome.end_reason, EndReason::ProviderFailed(Provider::Tts));
+    assert_eq!(
+        outcome
+            .failures
+            .iter()
+            .filter(|f| f.provider == Provider::Tts)
+            .count(),
+        3
+    );
+}
+
+#[test]
 fn voicemail_gets_the_message_after_the_beep_then_a_hang_up() {
     let mut call = Call::started(plan());
     call.audio("t1", 300);
@@ -896,6 +959,45 @@ fn budget_warning_is_spoken_as_a_wrap_up_line() {
 }
 
 #[test]
+fn a_warning_at_the_end_of_the_callers_turn_is_said_after_the_reply_not_lost() {
+    let mut plan = plan();
+    plan.limits.max_duration_secs = 100; // warned at 75 s
+    let mut call = Call::started(plan);
+    call.greeting_played();
+    // 76 s in with no tick on the way: the caller's turn ending is the first check to see it.
+    call.now += 76_000;
+    let actions = call.says("Tell me more.");
+    assert!(has(&actions, |a| matches!(
+        a,
+        Action::Publish(LiveEvent::BudgetWarning {
+            limit: LimitKind::MaxDuration,
+            ..
+        })
+    )));
+    let wrap_up = |actions: &[Action]| {
+        has(
+            actions,
+            |a| matches!(a, Action::TtsText { text, .. } if text.contains("little time left")),
+        )
+    };
+    assert!(!wrap_up(&actions), "the reply comes first: {actions:?}");
+    let turn = llm_turn(&actions);
+    call.llm(turn, LlmEvent::Delta("Sure thing. ".to_owned()));
+    call.llm(turn, LlmEvent::Finished);
+    call.audio(&format!("t{turn}"), 800);
+    let mut after = call.tts_done(&format!("t{turn}"));
+    after.extend(call.advance(1000));
+    assert!(wrap_up(&after), "then the wrap-up: {after:?}");
+    assert!(
+        call.transcript()
+            .iter()
+            .any(|(role, text, _)| *role == Role::Assistant && text == "Sure thing."),
+        "{:?}",
+        call.transcript()
+    );
+}
+
+#[test]
 fn limits_are_checked_at_least_every_30_seconds_in_silence() {
     let mut plan = plan();
     // The greeting's 19 characters cost 0.285 ¢; telephony 1.3 ¢/min. 75 % of 2 ¢ = 1.5 ¢ is
@@ -940,4 +1042,40 @@ fn the_summary_is_metered_and_numbered_after_the_last_event() {
     let seqs: Vec<u32> = outcome.cost_events.iter().map(|e| e.seq).collect();
     assert_eq!(&seqs[seqs.len() - 2..], &[last_seq + 1, last_seq + 2]);
     assert_eq!(outcome.summary.as_deref(), Some("Ada trains for a 10k."));
+}
+
+#[test]
+fn a_time_limit_is_acted_on_when_its_timer_fires_late() {
+    let mut plan = plan();
+    plan.limits.max_duration_secs = 28; // warned at 21 s (before the idle prompt), goodbye at 22 s
+    let mut call = Call::started(plan);
+    call.greeting_played();
+    let wake = call
+        .log
+        .iter()
+        .rev()
+        .find_map(|a| match a {
+            Action::WakeAt(at) => Some(*at),
+            _ => None,
+        })
+        .expect("a wake-up");
+    assert_eq!(wake, START + 21_000, "woken for the warning");
+    // The runtime's timer fires a few milliseconds late, as real timers do.
+    call.now = wake + 3;
+    let actions = call.send(Event::Tick);
+    assert!(
+        has(&actions, |a| matches!(
+            a,
+            Action::Publish(LiveEvent::BudgetWarning {
+                limit: LimitKind::MaxDuration,
+                percent_used: 75,
+                ..
+            })
+        )),
+        "{actions:?}"
+    );
+    assert!(has(&actions, |a| matches!(
+        a,
+        Action::TtsText { text, .. } if text.contains("little time left")
+    )));
 }

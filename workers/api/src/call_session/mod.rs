@@ -165,20 +165,20 @@ impl DurableObject for CallSession {
 
     async fn websocket_close(
         &self,
-        _ws: WebSocket,
+        ws: WebSocket,
         _code: usize,
         _reason: String,
         _clean: bool,
     ) -> Result<()> {
         if let Some(call) = self.call.borrow().clone() {
-            call.on_twilio_closed();
+            call.on_twilio_closed(&ws);
         }
         Ok(())
     }
 
-    async fn websocket_error(&self, _ws: WebSocket, _error: worker::Error) -> Result<()> {
+    async fn websocket_error(&self, ws: WebSocket, _error: worker::Error) -> Result<()> {
         if let Some(call) = self.call.borrow().clone() {
-            call.on_twilio_closed();
+            call.on_twilio_closed(&ws);
         }
         Ok(())
     }

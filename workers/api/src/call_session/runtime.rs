@@ -93,6 +93,11 @@ impl Call {
         let gateway = config.gateway.get().map_err(section_error)?.clone();
         let voice = config.voice.get().map_err(section_error)?.clone();
         let telephony = config.telephony.get().map_err(section_error)?.clone();
+        let mut plan = plan;
+        if let Some(cap) = telephony.max_call_secs {
+            // The operator's cap is one more time limit; the tier's stays the Twilio backstop.
+            plan.limits.max_duration_secs = plan.limits.max_duration_secs.min(cap);
+        }
         let engine = Engine::new(plan, voice.engine.clone());
         Ok(Rc::new(Call {
             id: engine.plan().call_id.clone(),
@@ -272,7 +277,7 @@ impl Call {
                 }
             }
         }
-        self.on_twilio_closed();
+        self.on_twilio_closed(&ws);
     }
 
     /// One text frame from Twilio.
@@ -288,9 +293,9 @@ impl Call {
         };
         if let Inbound::Media { stream_sid } = &parsed {
             // The hot path: meter, then forward to STT.
-            if !self.is_our_stream(stream_sid) {
+            if let Err(kind) = self.check_stream(stream_sid, "media_before_start") {
                 drop(audio);
-                self.count_dropped("wrong_stream_sid");
+                self.count_dropped(kind);
                 return;
             }
             let route = self.engine.borrow_mut().caller_audio(&audio);
@@ -308,7 +313,7 @@ impl Call {
                 AudioRoute::Buffered => {}
                 AudioRoute::Drop => {
                     drop(audio);
-                    self.count_dropped("media_before_start");
+                    self.count_dropped("media_after_end");
                 }
             }
             return;
@@ -318,38 +323,46 @@ impl Call {
             Inbound::Connected => {}
             Inbound::Start(start) => self.on_stream_start(ws, start),
             Inbound::Mark { stream_sid, name } => {
-                if self.is_our_stream(&stream_sid) {
-                    self.dispatch(Event::Mark {
+                match self.check_stream(&stream_sid, "event_before_start") {
+                    Ok(()) => self.dispatch(Event::Mark {
                         name: name.into_owned(),
-                    });
-                } else {
-                    self.count_dropped("wrong_stream_sid");
+                    }),
+                    Err(kind) => self.count_dropped(kind),
                 }
             }
             Inbound::Dtmf { stream_sid, digit } => {
-                if self.is_our_stream(&stream_sid) {
-                    self.dispatch(Event::Dtmf { digit });
-                } else {
-                    self.count_dropped("wrong_stream_sid");
+                match self.check_stream(&stream_sid, "event_before_start") {
+                    Ok(()) => self.dispatch(Event::Dtmf { digit }),
+                    Err(kind) => self.count_dropped(kind),
                 }
             }
             Inbound::Stop { stream_sid } => {
-                if self.is_our_stream(&stream_sid) {
-                    self.dispatch(Event::StreamStopped);
-                } else {
-                    self.count_dropped("wrong_stream_sid");
+                match self.check_stream(&stream_sid, "event_before_start") {
+                    Ok(()) => self.dispatch(Event::StreamStopped),
+                    Err(kind) => self.count_dropped(kind),
                 }
             }
             Inbound::Media { .. } => unreachable!("handled above"),
         }
     }
 
-    fn is_our_stream(&self, stream_sid: &str) -> bool {
-        self.twilio
+    /// Whether a frame naming `stream_sid` belongs to the running stream; otherwise the kind of
+    /// drop it is: `before_start` when no stream has started yet, `wrong_stream_sid` else.
+    fn check_stream(
+        &self,
+        stream_sid: &str,
+        before_start: &'static str,
+    ) -> Result<(), &'static str> {
+        match self
+            .twilio
             .borrow()
             .as_ref()
             .and_then(|leg| leg.stream_sid.as_deref())
-            .is_some_and(|ours| ours == stream_sid)
+        {
+            Some(ours) if ours == stream_sid => Ok(()),
+            Some(_) => Err("wrong_stream_sid"),
+            None => Err(before_start),
+        }
     }
 
     fn on_stream_start(self: &Rc<Self>, ws: &WebSocket, start: media::StreamStart) {
@@ -377,6 +390,8 @@ impl Call {
             worker::console_warn!("call {}: media stream refused: token {reason}", self.id);
             self.count_dropped("invalid_stream_token");
             let _ = ws.close(Some(1008), Some("invalid stream token"));
+            // The socket is not the call's stream: Twilio's own (retried) stream may still come.
+            self.release_unstarted_leg(ws);
             return;
         }
         if let Some(leg) = self.twilio.borrow_mut().as_mut() {
@@ -389,14 +404,30 @@ impl Call {
         });
     }
 
-    pub fn on_twilio_closed(self: &Rc<Self>) {
+    /// The Twilio socket `ws` closed: the end of the stream if it had started; if it never did,
+    /// the call can still take a stream (Twilio reconnects; a refused socket is not the call's).
+    pub fn on_twilio_closed(self: &Rc<Self>, ws: &WebSocket) {
         let started = self
             .twilio
             .borrow()
             .as_ref()
-            .is_some_and(|leg| leg.stream_sid.is_some());
-        if started {
-            self.dispatch(Event::StreamStopped);
+            .filter(|leg| &leg.ws == ws)
+            .map(|leg| leg.stream_sid.is_some());
+        match started {
+            Some(true) => self.dispatch(Event::StreamStopped),
+            Some(false) => self.release_unstarted_leg(ws),
+            None => {} // not (or no longer) the call's socket
+        }
+    }
+
+    /// Forgets the Twilio socket `ws` if it is the call's and its stream never started.
+    fn release_unstarted_leg(&self, ws: &WebSocket) {
+        let mut twilio = self.twilio.borrow_mut();
+        if twilio
+            .as_ref()
+            .is_some_and(|leg| &leg.ws == ws && leg.stream_sid.is_none())
+        {
+            *twilio = None;
         }
     }
 
