@@ -22,8 +22,11 @@ use callmeback_media::{Action, AudioRoute, CallPlan, Engine, Event, LiveEvent, L
 use callmeback_providers::openai::{self, SseData, SseParser};
 use callmeback_providers::twilio::media::{self, Inbound};
 use futures_util::StreamExt as _;
-use wasm_bindgen_futures::spawn_local;
-use worker::{AbortController, Delay, Env, Fetch, State, WebSocket, WebsocketEvent};
+use wasm_bindgen::closure::Closure;
+use wasm_bindgen::{JsCast as _, JsValue};
+use wasm_bindgen_futures::{JsFuture, spawn_local};
+use worker::web_sys::MessageEvent;
+use worker::{AbortController, Delay, Env, Fetch, State, WebSocket};
 
 use super::links::{self, Link};
 use super::{AmdRequest, StatusRequest, finalize};
@@ -265,18 +268,48 @@ impl Call {
     }
 
     /// Reads the Twilio socket until it closes.
+    ///
+    /// Each frame is handled inside the socket's `message` listener itself, not through
+    /// `WebSocket::events()`: that stream queues every event in a channel and wakes a task through
+    /// a microtask, several crossings between JS and wasm per 20 ms frame where one does.
     pub async fn read_twilio(self: Rc<Self>, ws: WebSocket) {
-        if let Ok(mut events) = ws.events() {
-            while let Some(event) = events.next().await {
-                match event {
-                    Ok(WebsocketEvent::Message(message)) => match message.text() {
-                        Some(text) => self.on_twilio_text(&ws, &text),
-                        None => self.count_dropped("binary_frame"),
-                    },
-                    Ok(WebsocketEvent::Close(_)) | Err(_) => break,
+        let socket: &worker::web_sys::WebSocket = ws.as_ref();
+        let on_message = {
+            let call = self.clone();
+            let ws = ws.clone();
+            Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
+                match event.data().as_string() {
+                    Some(text) => call.on_twilio_text(&ws, &text),
+                    None => call.count_dropped("binary_frame"),
                 }
+            })
+        };
+        let mut resolve_closed = None;
+        let closed = js_sys::Promise::new(&mut |resolve, _reject| resolve_closed = Some(resolve));
+        let on_end = Closure::<dyn FnMut(JsValue)>::new(move |_event: JsValue| {
+            if let Some(resolve) = &resolve_closed {
+                let _ = resolve.call0(&JsValue::NULL);
             }
+        });
+        let listening = socket
+            .add_event_listener_with_callback("message", on_message.as_ref().unchecked_ref())
+            .and_then(|()| {
+                socket.add_event_listener_with_callback("close", on_end.as_ref().unchecked_ref())
+            })
+            .and_then(|()| {
+                socket.add_event_listener_with_callback("error", on_end.as_ref().unchecked_ref())
+            });
+        if listening.is_ok() {
+            let _ = JsFuture::from(closed).await;
         }
+        // The listeners hold the call: take them off so the call can be dropped with its socket.
+        let _ = socket
+            .remove_event_listener_with_callback("message", on_message.as_ref().unchecked_ref());
+        let _ =
+            socket.remove_event_listener_with_callback("close", on_end.as_ref().unchecked_ref());
+        let _ =
+            socket.remove_event_listener_with_callback("error", on_end.as_ref().unchecked_ref());
+        drop((on_message, on_end));
         self.on_twilio_closed(&ws);
     }
 
