@@ -331,10 +331,18 @@ impl Stack {
 
     async fn wait_for_worker(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(120);
+        let mut port_moves = 0;
         loop {
             if let Some(worker) = self.worker.as_mut()
                 && let Ok(Some(status)) = worker.try_wait()
             {
+                // `free_port` cannot hold the port until wrangler binds it: with tests running in
+                // parallel another process can take it in between. Move to a fresh port.
+                if self.worker_log().contains("Address already in use") && port_moves < 5 {
+                    port_moves += 1;
+                    self.move_worker_to_a_fresh_port();
+                    continue;
+                }
                 panic!(
                     "wrangler dev exited with {status}; log:\n{}",
                     self.worker_log()
@@ -356,6 +364,27 @@ impl Stack {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// Starts the Worker again on a new free port (its public URL follows).
+    fn move_worker_to_a_fresh_port(&mut self) {
+        if let Some(child) = self.worker.take() {
+            stop_group(child);
+        }
+        let old_url = self.worker_url.clone();
+        self.worker_port = free_port();
+        self.worker_url = format!("http://127.0.0.1:{}", self.worker_port);
+        self.worker_env = self.worker_env.replace(
+            &format!("PUBLIC_BASE_URL={old_url}\n"),
+            &format!("PUBLIC_BASE_URL={}\n", self.worker_url),
+        );
+        let _ = std::fs::remove_file(self.dir.join("worker.log"));
+        self.worker = Some(spawn_worker(
+            &self.worker_main,
+            self.worker_port,
+            &self.worker_env,
+            &self.dir,
+        ));
     }
 
     /// The Worker's (wrangler's) output so far, for failure messages.
