@@ -799,12 +799,7 @@ fn spawn_worker(main: &str, port: u16, worker_env: &str, dir: &Path) -> Child {
     );
     std::fs::write(dir.join("wrangler.toml"), config).expect("write test wrangler config");
     std::fs::write(dir.join("worker.env"), worker_env).expect("write worker env file");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("worker.log"))
-        .expect("worker log file");
-    let log_err = log.try_clone().expect("clone log handle");
+    let (log, log_err) = worker_log_files(dir);
     Command::new(repo_root().join("node_modules/.bin/wrangler"))
         .current_dir(dir)
         .args(["dev", "-c", "wrangler.toml", "--ip", "127.0.0.1", "--port"])
@@ -856,12 +851,7 @@ fn spawn_workerd(main: &str, port: u16, worker_env: &str, dir: &Path) -> Child {
         port,
     );
     std::fs::write(dir.join("workerd.capnp"), config).expect("write workerd config");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("worker.log"))
-        .expect("worker log file");
-    let log_err = log.try_clone().expect("clone log handle");
+    let (log, log_err) = worker_log_files(dir);
     Command::new(repo_root().join("node_modules/.bin/workerd"))
         .current_dir(dir)
         .args(["serve", "--experimental", "workerd.capnp"])
@@ -998,8 +988,20 @@ pub fn test_wrangler_config(original: &str, main: &str) -> String {
     out
 }
 
-/// Stops a child and everything it started (it leads its own process group).
-fn stop_group(mut child: Child) {
+/// The Worker's log (`worker.log` in the stack's dir), opened twice: its stdout and its stderr.
+fn worker_log_files(dir: &Path) -> (std::fs::File, std::fs::File) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("worker.log"))
+        .expect("worker log file");
+    let log_err = log.try_clone().expect("clone log handle");
+    (log, log_err)
+}
+
+/// Stops a child and everything it started (it leads its own process group): TERM, then KILL
+/// after ten seconds.
+pub fn stop_group(mut child: Child) {
     let group = format!("-{}", child.id());
     let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use base64::Engine as _;
-use callmeback_e2e::{free_port, repo_root};
+use callmeback_e2e::{free_port, repo_root, stop_group};
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use tokio_tungstenite::tungstenite::Message;
@@ -426,21 +426,8 @@ impl Workerd {
 
 impl Drop for Workerd {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let group = format!("-{}", child.id());
-            let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &group])
-                .stderr(Stdio::null())
-                .status();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            stop_group(child);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
