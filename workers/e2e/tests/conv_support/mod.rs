@@ -57,11 +57,15 @@ pub(crate) fn barges_in(text: &str, after_ms: u64) -> Line {
 }
 
 /// A callee who answers, says `lines`, and hangs up shortly after the last reply.
+///
+/// "After the reply" is 1.5 s of silence from the persona: with 500 ms, a pause between two
+/// sentences of the reply on a loaded CI machine (every e2e test at once on two cores) was once
+/// taken for its end, and the caller hung up in the middle of it.
 pub(crate) fn conversation(lines: Vec<Line>) -> Scenario {
     Scenario {
         ring_ms: 200,
         script: lines,
-        hangup: Hangup::Caller { after_ms: 500 },
+        hangup: Hangup::Caller { after_ms: 1500 },
         ..Scenario::default()
     }
 }
