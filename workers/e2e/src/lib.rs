@@ -493,34 +493,17 @@ impl Stack {
 
     /// Resident memory (KiB) of this stack's workerd processes.
     pub fn workerd_rss_kib(&self) -> u64 {
-        let Some(group) = self.worker.as_ref().map(Child::id) else {
-            return 0;
-        };
-        let mut total = 0;
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
-            let Some((head, rest)) = stat.rsplit_once(')') else {
-                continue;
-            };
-            let comm = head.split_once('(').map(|(_, c)| c).unwrap_or_default();
-            let pgrp: u32 = rest
-                .split_whitespace()
-                .nth(2)
-                .and_then(|f| f.parse().ok())
-                .unwrap_or(0);
-            if pgrp == group && comm.starts_with("workerd") {
-                let status =
-                    std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
-                total += status
+        self.workerd_processes()
+            .iter()
+            .map(|process| {
+                std::fs::read_to_string(process.join("status"))
+                    .unwrap_or_default()
                     .lines()
                     .find_map(|line| line.strip_prefix("VmRSS:"))
                     .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                    .unwrap_or(0);
-            }
-        }
-        total
+                    .unwrap_or(0)
+            })
+            .sum()
     }
 
     /// `GET` a Worker path.
