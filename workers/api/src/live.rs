@@ -12,6 +12,8 @@
 //! Tickets (single-use, short-lived, for browsers) are accepted once: their nonces are kept until
 //! they expire.
 
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::time::Duration;
 
 use callmeback_domain::calls::phone_key;
@@ -59,11 +61,17 @@ pub const CONNECT_INFO_HEADER: &str = "x-callmeback-connect";
 pub struct UserHub {
     state: State,
     env: Env,
+    /// Ticket keys presented to this instance, claimed before any await (see `accept_socket`).
+    claimed_tickets: RefCell<HashSet<String>>,
 }
 
 impl DurableObject for UserHub {
     fn new(state: State, env: Env) -> Self {
-        Self { state, env }
+        Self {
+            state,
+            env,
+            claimed_tickets: RefCell::new(HashSet::new()),
+        }
     }
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
@@ -159,17 +167,16 @@ impl DurableObject for UserHub {
         // Forget ticket nonces that can no longer be presented.
         let storage = self.state.storage();
         let now = now_secs();
+        self.claimed_tickets
+            .borrow_mut()
+            .retain(|key| ticket_expiry(key).is_some_and(|expiry| expiry >= now));
         let entries = storage.list().await?;
         let mut remaining = false;
         for key in js_sys::Object::keys(&entries)
             .iter()
             .filter_map(|k| k.as_string())
         {
-            if let Some(expiry) = key
-                .strip_prefix("ticket:")
-                .and_then(|rest| rest.split_once(':'))
-                .and_then(|(exp, _)| exp.parse::<i64>().ok())
-            {
+            if let Some(expiry) = ticket_expiry(&key) {
                 if expiry < now {
                     storage.delete(&key).await?;
                 } else {
@@ -184,6 +191,13 @@ impl DurableObject for UserHub {
     }
 }
 
+/// The expiry (unix seconds) of a stored ticket key, `ticket:{expires_at}:{nonce}`.
+fn ticket_expiry(key: &str) -> Option<i64> {
+    key.strip_prefix("ticket:")
+        .and_then(|rest| rest.split_once(':'))
+        .and_then(|(expiry, _)| expiry.parse().ok())
+}
+
 impl UserHub {
     async fn accept_socket(&self, req: &Request) -> Result<Response> {
         let Some(info) = req
@@ -194,9 +208,13 @@ impl UserHub {
             return Response::error("missing connect info", 400);
         };
         if let (Some(nonce), Some(expires_at)) = (&info.ticket_nonce, info.ticket_expires_at) {
-            // Single use: this object is the only writer for the user, so check-and-record here
-            // cannot race another request.
+            // Single use. Every presentation of one ticket reaches this one object; the claim in
+            // memory is checked and recorded with no await in between, so of two concurrent
+            // presentations only the first gets past it. Storage keeps the claim across evictions.
             let key = format!("ticket:{expires_at}:{nonce}");
+            if !self.claimed_tickets.borrow_mut().insert(key.clone()) {
+                return Response::error("ticket already used", 409);
+            }
             let storage = self.state.storage();
             if storage.get::<bool>(&key).await?.is_some() {
                 return Response::error("ticket already used", 409);
